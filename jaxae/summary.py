@@ -1,0 +1,61 @@
+"""Thin tensorboardX layer: one writer per member, plus a JSON-lines copy of the scalars.
+
+Layout: ``runs/<run>/<member>/`` (events file and ``scalars.jsonl``), so TensorBoard
+overlays the members' curves. A single-model run has one member named ``.``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jaxae.plots import tile
+
+
+def member_dir(name: str) -> str:
+    """A folder name for a member (``kind,latent=8,beta=1,seed=0`` stays readable)."""
+    return name.replace("/", "_").replace(" ", "")
+
+
+class Summaries:
+    """Scalars and images for M members; values are arrays with a trailing member axis."""
+
+    def __init__(self, log_dir, names: list[str], hparams: dict | None = None):
+        from tensorboardX import SummaryWriter
+
+        self.dirs = [
+            Path(log_dir) / member_dir(n) if len(names) > 1 else Path(log_dir) for n in names
+        ]
+        self.writers = [SummaryWriter(str(d)) for d in self.dirs]
+        self.jsonl = [open(d / "scalars.jsonl", "a") for d in self.dirs]  # noqa: SIM115
+        if hparams:
+            text = json.dumps(hparams, indent=1)
+            for w in self.writers:
+                w.add_text("config", f"```\n{text}\n```", 0)
+
+    def scalars(self, step: int, values: dict) -> None:
+        for i, (w, f) in enumerate(zip(self.writers, self.jsonl, strict=True)):
+            row = {k: float(np.atleast_1d(v)[i]) for k, v in values.items()}
+            for k, v in row.items():
+                w.add_scalar(k, v, step)
+            f.write(json.dumps({"step": step, **row}) + "\n")
+            f.flush()
+
+    def images(self, step: int, images: dict) -> None:
+        """images: name -> (M, n, H, W, C) floats in [0, 1]; logged as one grid per member."""
+        for name, batch in images.items():
+            for w, member in zip(self.writers, np.asarray(batch), strict=True):
+                w.add_image(name, tile(member), step, dataformats="HWC")
+
+    def close(self) -> None:
+        for w, f in zip(self.writers, self.jsonl, strict=True):
+            w.close()
+            f.close()
+
+
+def read_scalars(member_dir) -> list[dict]:
+    """The JSON-lines scalars of one member folder."""
+    with open(Path(member_dir) / "scalars.jsonl") as f:
+        return [json.loads(line) for line in f]

@@ -1,0 +1,160 @@
+"""Many models as one compiled program: stacked members under ``jax.vmap``.
+
+Members with the same structure (kind, likelihood, widths) form a group. Within a group
+every member is padded to the group's largest latent size D and carries a 0/1 mask; it is
+initialised at its true size k and zero-padded, so it trains exactly like a standalone
+latent-k model (masked weights get zero gradients, and Adam leaves them at zero). All
+groups advance inside the same scanned step on the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxae.config import Member, ModelConfig, SweepConfig, to_dict
+from jaxae.models import Model
+from jaxae.train import (
+    init_state,
+    make_evaluate,
+    make_optimizer,
+    model_hyper,
+    model_images,
+    model_keys,
+    model_step,
+    test_arrays,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Members sharing one structure; ``cfg`` is the padded model (latent = D)."""
+
+    cfg: ModelConfig
+    index: tuple[int, ...]  # positions of the members in the sweep
+
+
+def group_members(members) -> list[Group]:
+    """Group members by (kind, likelihood, hidden, image shape), in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(members):
+        c = m.model
+        groups.setdefault((c.kind, c.likelihood, c.hidden, c.image_shape), []).append(i)
+    out = []
+    for idx in groups.values():
+        first = members[idx[0]].model
+        latent = max(members[i].model.latent for i in idx)
+        out.append(Group(dataclasses.replace(first, latent=latent, beta=1.0), tuple(idx)))
+    return out
+
+
+def pad_to(small, big):
+    """Zero-pad every leaf of ``small`` at the end of each axis to the shape in ``big``."""
+
+    def pad(a, b):
+        return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, b.shape, strict=True)])
+
+    return jax.tree.map(pad, small, big)
+
+
+def stack(trees):
+    """Stack a list of identical pytrees on a new leading member axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree, i: int):
+    """Member i of a stacked pytree."""
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def init_member(m: Member, group_cfg: ModelConfig, tx) -> dict:
+    """Member state initialised at its true latent size, zero-padded to the group's."""
+    key = model_keys(m.seed)["init"]
+    small = init_state(m.model, tx, key)
+    big = jax.eval_shape(lambda: init_state(group_cfg, tx, key))
+    return {**pad_to(small, big), "opt_state": tx.init(pad_to(small["params"], big["params"]))}
+
+
+def shard_members(tree):
+    """Shard the leading member axis over all devices when it divides evenly."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return tree
+    mesh = jax.sharding.Mesh(np.array(devices), ("members",))
+    spec = jax.sharding.PartitionSpec("members")
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def put(a):
+        if a.ndim and a.shape[0] % len(devices) == 0:
+            return jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
+        return jax.device_put(a, repl)
+
+    return jax.tree.map(put, tree)
+
+
+def sweep_program(sweep: SweepConfig):
+    """A runner Program training every member of the sweep in one scanned step."""
+    from jaxae.runner import Program
+
+    tcfg, members = sweep.train, sweep.members
+    tx = make_optimizer(tcfg)
+    groups = group_members(members)
+    models = [Model(g.cfg) for g in groups]
+    state = tuple(stack([init_member(members[i], g.cfg, tx) for i in g.index]) for g in groups)
+    hyper = tuple(
+        stack([model_hyper(members[i].model, members[i].seed, g.cfg.latent) for i in g.index])
+        for g in groups
+    )
+    order = np.argsort(np.concatenate([g.index for g in groups]))  # group-major -> sweep order
+    steps = [
+        jax.vmap(model_step(m, tx, binarize=tcfg.binarize), in_axes=(0, 0, None, None, None))
+        for m in models
+    ]
+    evals = [jax.vmap(make_evaluate(m), in_axes=(0, 0, None, None, None, None, 0)) for m in models]
+    imgs = [jax.vmap(model_images(m), in_axes=(0, 0, None)) for m in models]
+
+    def cat(dicts):
+        return {k: jnp.concatenate([d[k] for d in dicts])[order] for k in dicts[0]}
+
+    def step(state, h, x, s, bkey):
+        outs = [f(st, hh, x, s, bkey) for f, st, hh in zip(steps, state, h, strict=True)]
+        return tuple(o[0] for o in outs), cat([o[1] for o in outs])
+
+    def evaluate(state, h, test):
+        res = []
+        for f, g, st, hh in zip(evals, groups, state, h, strict=True):
+            x, xt, w, n = test_arrays(test, tcfg, g.cfg.likelihood, tcfg.eval_batch)
+            res.append(f(st["params"], hh, x, xt, w, n, hh["eval_key"]))
+        return cat(res)
+
+    def images(state, h, x):
+        return cat([f(st["params"], hh, x) for f, st, hh in zip(imgs, state, h, strict=True)])
+
+    return Program(
+        names=[m.name for m in members],
+        state=shard_members(state),
+        hyper=shard_members(hyper),
+        step=step,
+        evaluate=evaluate,
+        images=images,
+        config={"type": "sweep", "sweep": to_dict(sweep)},
+    )
+
+
+def member_params(prog_state, sweep: SweepConfig, i: int):
+    """Params of member i cut back to its true latent size (a standalone model's tree)."""
+    groups = group_members(sweep.members)
+    for g, st in zip(groups, prog_state, strict=True):
+        if i in g.index:
+            m = sweep.members[i]
+            padded = unstack(st["params"], g.index.index(i))
+            shapes = jax.eval_shape(
+                lambda m=m: init_state(m.model, make_optimizer(sweep.train), jax.random.key(0))[
+                    "params"
+                ]
+            )
+            return jax.tree.map(lambda a, s: a[tuple(slice(0, n) for n in s.shape)], padded, shapes)
+    raise IndexError(f"no member {i}")

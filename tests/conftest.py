@@ -1,0 +1,36 @@
+"""Strict JAX settings and shared fixtures for the test suite."""
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _data_dir():
+    env = os.environ.get("JAXAE_DATA_DIR")
+    if env:
+        return pathlib.Path(env)
+    shared = ROOT.parent / "shared" / "data"
+    return shared if shared.exists() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """Folder holding mnist/ with the real IDX files. Missing real data is a failure, not a skip."""
+    d = _data_dir()
+    assert d is not None and (d / "mnist").is_dir(), (
+        "real MNIST not found: set JAXAE_DATA_DIR to a folder holding mnist/"
+    )
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _data_env(monkeypatch):
+    d = _data_dir()
+    if d is not None:
+        monkeypatch.setenv("JAXAE_DATA_DIR", str(d))
