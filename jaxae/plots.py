@@ -32,3 +32,112 @@ def save_png(path, grid) -> None:
 
     g = np.asarray(grid)
     plt.imsave(str(path), g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=1)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(summary, kind, x, y):
+    rs = sorted((r for r in summary if r["kind"] == kind), key=lambda r: r[x])
+    return ([r[x] for r in rs], [r[y] for r in rs], [r.get(f"{y}_std", 0.0) for r in rs])
+
+
+def latent_curves(summary: list[dict], path) -> None:
+    """Test -ELBO, KL (VAE) and MSE per pixel (all kinds, PCA reference) vs latent size."""
+    plt = _pyplot()
+    kinds = sorted({r["kind"] for r in summary})
+    panels = [
+        ("test_loss", "VAE test -ELBO (nats)", ["vae"]),
+        ("test_kl", "VAE test KL (nats)", ["vae"]),
+        ("test_mse", "test MSE per pixel", kinds),
+    ]
+    panels = [p for p in panels if set(p[2]) & set(kinds)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (y, title, ks) in zip(axes[0], panels, strict=True):
+        for k in ks:
+            if k in kinds:
+                xs, ys, es = _series(summary, k, "latent", y)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=k.upper())
+        if y == "test_mse":
+            xs, ys, _ = _series(summary, kinds[0], "latent", "pca_mse")
+            ax.plot(xs, ys, "k--", label="PCA")
+            ax.set_yscale("log")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("latent size")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def rate_distortion(summary: list[dict], path) -> None:
+    """Recon vs KL across betas (rate-distortion), and both vs beta."""
+    plt = _pyplot()
+    rs = sorted((r for r in summary if r["kind"] == "vae"), key=lambda r: r["beta"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.errorbar(
+        [r["test_kl"] for r in rs],
+        [r["test_recon"] for r in rs],
+        xerr=[r["test_kl_std"] for r in rs],
+        yerr=[r["test_recon_std"] for r in rs],
+        marker="o",
+        capsize=3,
+    )
+    for r in rs:
+        a.annotate(
+            f"β={r['beta']:g}",
+            (r["test_kl"], r["test_recon"]),
+            textcoords="offset points",
+            xytext=(5, 5),
+        )
+    a.set_xlabel("rate: test KL (nats)")
+    a.set_ylabel("distortion: test recon (nats)")
+    a.set_title("rate-distortion across beta")
+    betas = [r["beta"] for r in rs]
+    for key, label in (("test_recon", "recon"), ("test_kl", "KL"), ("test_loss", "loss")):
+        b.errorbar(
+            betas,
+            [r[key] for r in rs],
+            yerr=[r[f"{key}_std"] for r in rs],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    b.set_xscale("log", base=2)
+    b.set_xlabel("beta")
+    b.set_ylabel("nats")
+    b.set_title("test terms vs beta (loss = recon + beta KL)")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sample_sheet(names: list[str], samples, path, per_member: int = 16) -> None:
+    """One small grid of decoded prior samples per member, side by side with titles."""
+    plt = _pyplot()
+    samples = np.asarray(samples)
+    n = len(names)
+    cols = min(n, 6)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, name, s in zip(axes.flat, names, samples, strict=False):
+        g = tile(s[:per_member])
+        ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name.replace(",", "\n", 1), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -151,6 +151,7 @@ def run(
 
     # --- train ---
     train_s, steps_run, epoch_idx, evals = 0.0, 0, None, None
+    epoch_sums, epoch_n, last_epoch, saved = {}, 0, {}, s
     bar = tqdm(total=total, initial=s, disable=not progress, unit="step", dynamic_ncols=True)
     with _Signals() as sig:
         while s < total:
@@ -163,24 +164,32 @@ def run(
             train_s += time.perf_counter() - t
             check_finite(m, s, prog.names)
             s, steps_run = s + c, steps_run + c
+            for k, v in m.items():
+                epoch_sums[k] = epoch_sums.get(k, 0.0) + v.sum(0)
+            epoch_n += c
             summaries.scalars(s, {f"train/{k}": v.mean(0) for k, v in m.items()})
             bar.update(c)
             bar.set_postfix(epoch=e + 1, loss=f"{float(m['loss'].mean()):.2f}")
             if s % spe == 0 or s == total:
+                last_epoch = {k: v / epoch_n for k, v in epoch_sums.items()}
+                epoch_sums, epoch_n = {}, 0
                 evals = _evaluate(evaluate, state, prog, test_x, tcfg)
                 summaries.scalars(s, {f"test/{k}": v for k, v in evals.items()})
                 summaries.images(
                     s, jax.device_get(images(state, prog.hyper, jnp.asarray(test_x[:32])))
                 )
                 mgr.save(s, state, config)
+                saved = s
             if sig.signum is not None:
-                mgr.save(s, state, config, wait=True)
+                if saved != s:
+                    mgr.save(s, state, config)
                 mgr.close()
                 summaries.close()
                 bar.close()
                 raise Interrupted(sig.signum, s)
     bar.close()
-    mgr.save(s, state, config, wait=True)
+    if saved != s:
+        mgr.save(s, state, config)
     mgr.close()
     summaries.close()
     if evals is None:
@@ -198,6 +207,7 @@ def run(
         "members": prog.names,
         "steps": s,
         "test": {k: v.tolist() for k, v in evals.items()},
+        "train": {k: v.tolist() for k, v in last_epoch.items()},
         "timing": timing,
         "checkpoint": str(ckpt_dir),
         "logs": str(log_dir),

@@ -158,3 +158,101 @@ def member_params(prog_state, sweep: SweepConfig, i: int):
             )
             return jax.tree.map(lambda a, s: a[tuple(slice(0, n) for n in s.shape)], padded, shapes)
     raise IndexError(f"no member {i}")
+
+
+# --- running a sweep and tabulating it ------------------------------------------------
+
+
+def member_rows(sweep: SweepConfig, result: dict, pca: dict[int, float]) -> list[dict]:
+    """One row per member: its config, final train and test metrics, PCA reference."""
+    rows = []
+    for i, m in enumerate(sweep.members):
+        c = m.model
+        row = {
+            "member": m.name,
+            "kind": c.kind,
+            "likelihood": c.likelihood,
+            "latent": c.latent,
+            "beta": c.beta,
+            "seed": m.seed,
+        }
+        row.update({f"train_{k}": v[i] for k, v in result["train"].items()})
+        row.update({f"test_{k}": v[i] for k, v in result["test"].items()})
+        row["pca_mse"] = pca.get(c.latent, float("nan"))
+        rows.append(row)
+    return rows
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds of every metric, per (kind, latent, beta)."""
+    keys = ("kind", "likelihood", "latent", "beta")
+    buckets: dict[tuple, list[dict]] = {}
+    for r in rows:
+        buckets.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for key, rs in buckets.items():
+        agg = dict(zip(keys, key, strict=True))
+        agg["seeds"] = len(rs)
+        for k in rs[0]:
+            if k.startswith(("train_", "test_")) or k == "pca_mse":
+                vals = np.array([r[k] for r in rs], np.float64)
+                agg[k] = float(vals.mean())
+                agg[f"{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out.append(agg)
+    return out
+
+
+def write_tables(out_dir, rows: list[dict], summary: list[dict], extra: dict) -> None:
+    """results.json (members, summary over seeds, timings) and results.csv (members)."""
+    import csv
+    import json
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    doc = {**extra, "members": rows, "summary": summary}
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=1))
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def run_sweep(sweep: SweepConfig, name: str, *, figures=("latent",), log=print, **kwargs):
+    """Train a sweep, then write results.json/csv and figures next to its checkpoint.
+
+    Returns:
+        (rows, summary): per-member rows and the mean/std over seeds.
+    """
+    from jaxae import plots
+    from jaxae.evaluate import pca_mse
+    from jaxae.runner import load_images, run
+
+    prog = sweep_program(sweep)
+    result = run(prog, sweep.train, name, **kwargs)
+    latents = sorted({m.model.latent for m in sweep.members})
+    pca = pca_mse(
+        load_images(sweep.train.dataset, "train"), load_images(sweep.train.dataset, "test"), latents
+    )
+    rows = member_rows(sweep, result, pca)
+    summary = aggregate(rows)
+    out = result["checkpoint"]
+    write_tables(
+        out,
+        rows,
+        summary,
+        {"timing": result["timing"], "steps": result["steps"], "dataset": sweep.train.dataset},
+    )
+    from pathlib import Path
+
+    if "latent" in figures:
+        plots.latent_curves(summary, Path(out) / "latent_sweep.png")
+    if "beta" in figures:
+        plots.rate_distortion(summary, Path(out) / "beta_sweep.png")
+    imgs = jax.device_get(
+        jax.jit(prog.images)(
+            prog.state, prog.hyper, jnp.asarray(load_images(sweep.train.dataset, "test")[:32])
+        )
+    )
+    plots.sample_sheet([m.name for m in sweep.members], imgs["samples"], Path(out) / "samples.png")
+    log(f"wrote results.json, results.csv and figures to {out}")
+    return result, rows, summary

@@ -1,0 +1,22 @@
+"""Question 2: how does beta trade reconstruction against KL and sample sharpness?
+
+python -m experiments.beta_sweep                        # betas 0.25..8, latent 16, 3 seeds
+"""
+
+from jaxae.cli_sweep import sweep_main, sweep_parser
+
+
+def main(argv=None) -> int:
+    parser = sweep_parser(
+        "python -m experiments.beta_sweep",
+        "Train beta-VAEs for several betas and seeds as one compiled program; write "
+        "results.json/csv, beta_sweep.png (rate-distortion) and samples.png to models/<name>/.",
+        kinds=["vae"],
+        latents=[16],
+        betas=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+    )
+    return sweep_main(parser, "beta_sweep", figures=("beta",), argv=argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

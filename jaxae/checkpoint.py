@@ -1,0 +1,426 @@
+"""Orbax checkpoints of any array pytree, with a JSON config and per-leaf sha256 digests.
+
+A run folder holds one sub-folder per step, as orbax's ``CheckpointManager`` lays them out::
+
+    models/run/1200/              finalized step (orbax writes ``1200.orbax-checkpoint-tmp``
+      _CHECKPOINT_METADATA          first and renames it once every item is on disk)
+      state/                      StandardSave: OCDBT/zarr array data + _METADATA tree
+      config/metadata             JsonSave of the config dict
+      digests/metadata            JsonSave: leaf path -> {"sha256", "dtype", "shape"}
+
+Orbax does not checksum array data (a flipped byte restores as wrong weights), so every
+restore recomputes the digests and refuses a mismatch. Orbax also restores a wrongly
+shaped target without complaint, so the saved shapes are checked against the target first.
+This module knows nothing about models; ``state`` is any pytree of jax/numpy arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+_SCALARS = (bool, int, float, complex, np.generic)
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unreadable, corrupt or was written for another model."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaves, paths and digests
+
+
+def leaf_path(path: tuple) -> str:
+    """Joins a jax key path into a slash-separated string.
+
+    Args:
+      path: key path from ``jax.tree_util.tree_flatten_with_path``.
+
+    Returns:
+      e.g. ``"params/Dense_0/kernel"`` or ``"opt_state/0/mu/params/Dense_0/bias"``.
+    """
+    parts = []
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            parts.append(k.name)
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(k.key))
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def flat_leaves(tree: PyTree) -> dict[str, Any]:
+    """Flattens a pytree into an ordered dict of leaf path string -> leaf.
+
+    Args:
+      tree: any pytree.
+
+    Returns:
+      dict in jax flattening order.
+    """
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {leaf_path(p): x for p, x in flat}
+
+
+def _as_arrays(state: PyTree) -> PyTree:
+    """Turns Python/numpy scalars into jax arrays so they save and restore like
+    ``jax.eval_shape`` describes them (e.g. an int step becomes int32, not int64)."""
+    return jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, _SCALARS) else x, state)
+
+
+def _spec(x: Any) -> tuple[tuple[int, ...], str]:
+    """Returns (shape, dtype name) of an array, ShapeDtypeStruct or scalar."""
+    if not hasattr(x, "dtype"):
+        x = jnp.asarray(x)
+    return tuple(int(d) for d in x.shape), str(np.dtype(x.dtype))
+
+
+def leaf_digest(x: Any) -> dict:
+    """Digest of one host array: sha256 over dtype, shape and the raw bytes.
+
+    Args:
+      x: numpy array (a host copy), or a jax.Array; a jax.Array that is not fully
+        addressable from this process gets ``sha256: None`` (shape and dtype only).
+
+    Returns:
+      ``{"sha256": hex or None, "dtype": "float32", "shape": [784, 256]}``.
+    """
+    shape, dtype = _spec(x)
+    if _is_remote(x):
+        return {"sha256": None, "dtype": dtype, "shape": list(shape)}
+    a = np.ascontiguousarray(np.asarray(x))
+    h = hashlib.sha256(f"{dtype}{shape}".encode())
+    h.update(a.reshape(-1).view(np.uint8))
+    return {"sha256": h.hexdigest(), "dtype": dtype, "shape": list(shape)}
+
+
+def tree_digests(tree: PyTree) -> dict[str, dict]:
+    """Digests of every leaf of a pytree, computed from one host copy.
+
+    Args:
+      tree: pytree of jax/numpy arrays.
+
+    Returns:
+      dict leaf path -> ``leaf_digest`` of that leaf.
+    """
+    leaves = flat_leaves(tree)
+    host = jax.device_get({p: x for p, x in leaves.items() if not _is_remote(x)})
+    return {p: leaf_digest(host.get(p, x)) for p, x in leaves.items()}
+
+
+def _is_remote(x: Any) -> bool:
+    """True for a jax.Array with shards on other processes (cannot be copied to host)."""
+    return isinstance(x, jax.Array) and not x.is_fully_addressable
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks against the saved digests
+
+
+def _show(spec: tuple[tuple[int, ...], str], other: tuple[tuple[int, ...], str]) -> str:
+    """Formats a (shape, dtype) spec, naming the dtype only when the shapes agree."""
+    return str(spec[0]) if spec[0] != other[0] else spec[1]
+
+
+def _leaf_problem(path: str, x: Any, digests: dict[str, dict]) -> str | None:
+    """Describes how one target leaf disagrees with the saved digests, or None."""
+    if path not in digests:
+        return f"{path} is in the target but not in the checkpoint"
+    here = _spec(x)
+    saved = (tuple(digests[path]["shape"]), digests[path]["dtype"])
+    if here == saved:
+        return None
+    return f"{path} is {_show(here, saved)} here but {_show(saved, here)} in the checkpoint"
+
+
+def structure_mismatch(target: PyTree, digests: dict[str, dict]) -> str | None:
+    """Describes the first leaf where ``target`` and a saved tree disagree.
+
+    Shallow leaves are checked first, so a changed layer is reported as
+    ``params/Dense_0/kernel`` rather than as its Adam moment ``opt_state/0/mu/...``.
+
+    Args:
+      target: abstract or concrete pytree to restore into.
+      digests: the checkpoint's saved digests (leaf path -> shape, dtype, sha256).
+
+    Returns:
+      None when paths, shapes and dtypes all match, else a short description such as
+      ``"params/Dense_0/kernel is (784, 256) here but (784, 512) in the checkpoint"``.
+    """
+    leaves = flat_leaves(target)
+    for path, x in sorted(leaves.items(), key=lambda kv: kv[0].count("/")):
+        problem = _leaf_problem(path, x, digests)
+        if problem:
+            return problem
+    extra = [path for path in digests if path not in leaves]
+    return f"{extra[0]} is in the checkpoint but not in the target" if extra else None
+
+
+def corrupt_leaf(tree: PyTree, digests: dict[str, dict]) -> str | None:
+    """Returns the path of the first leaf whose sha256 differs from the saved digest.
+
+    Args:
+      tree: restored pytree (same structure as the saved one).
+      digests: the checkpoint's saved digests.
+
+    Returns:
+      the failing leaf path, or None when every checkable leaf matches.
+    """
+    for path, d in tree_digests(tree).items():
+        want = digests[path]["sha256"]
+        if d["sha256"] is not None and want is not None and d["sha256"] != want:
+            return path
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating checkpoints on disk
+
+
+def _finalized_steps(directory: pathlib.Path) -> list[int]:
+    """Sorted steps whose folders orbax has finalized (tmp folders are never listed)."""
+    return sorted(ocp.path.step.checkpoint_steps(directory))
+
+
+def _is_step_dir(path: pathlib.Path) -> bool:
+    """True for a finalized orbax step folder written by ``Checkpointer``."""
+    return (
+        path.name.isdigit() and (path / "state").is_dir() and ocp.path.step.is_path_finalized(path)
+    )
+
+
+def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int | None]:
+    """Splits a checkpoint path into its run folder and an optional step.
+
+    Args:
+      path: a run folder holding step sub-folders (``models/run``) or one step folder
+        inside it (``models/run/1200``).
+
+    Returns:
+      ``(run_dir, step)``: absolute run folder, and the step, or None for a run folder.
+
+    Raises:
+      CheckpointError: the path is missing, is an unfinished save, or holds no steps.
+    """
+    p = pathlib.Path(path).expanduser().resolve()
+    if not p.is_dir():
+        raise CheckpointError(f"no checkpoint at {p}")
+    if _is_step_dir(p):
+        return p.parent, int(p.name)
+    if ocp.path.step.TMP_DIR_SUFFIX in p.name:
+        raise CheckpointError(f"no checkpoint at {p}: it is an unfinished save")
+    if not _finalized_steps(p):
+        raise CheckpointError(f"no checkpoint at {p}: the folder holds no checkpoint steps")
+    return p, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpointer
+
+
+def _why(e: BaseException) -> str:
+    """One line describing an exception (type and the first line of its message)."""
+    lines = str(e).strip().splitlines()
+    msg = lines[0][:200] if lines else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+class Checkpointer:
+    """Saves and restores steps of one run folder: ``state``, ``config``, ``digests``.
+
+    Saves are asynchronous (orbax copies the arrays to host before ``save`` returns);
+    ``wait()`` or ``close()`` block until they are on disk. Only finalized steps are ever
+    listed, so a crash during a save leaves the previous step as the latest.
+    """
+
+    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3, create=True):
+        """Opens (or creates) a run folder.
+
+        Args:
+          directory: run folder; relative paths are resolved to absolute ones.
+          max_to_keep: number of most recent steps kept on disk (older ones are deleted).
+          create: create the folder when missing; when False a missing folder raises.
+
+        Raises:
+          CheckpointError: ``create`` is False and the folder does not exist.
+        """
+        self.directory = pathlib.Path(directory).expanduser().resolve()
+        if not create and not self.directory.is_dir():
+            raise CheckpointError(f"no checkpoint at {self.directory}")
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+            "digests": ocp.JsonCheckpointHandler(),
+        }
+        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def step_dir(self, step: int) -> pathlib.Path:
+        """Returns the folder of one step (it may not exist)."""
+        return self.directory / str(step)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def save(self, step: int, state: PyTree, config: dict, *, wait: bool = False) -> None:
+        """Starts saving one step; returns once the arrays are copied to host.
+
+        Args:
+          step: step number; must exceed every step already in the folder.
+          state: pytree of jax/numpy arrays, e.g. ``{"params", "opt_state", "step"}``.
+          config: JSON-serializable dict stored next to the arrays.
+          wait: block until the step is finalized on disk.
+
+        Raises:
+          CheckpointError: config is not JSON, the step is not newer than the latest, or
+            orbax fails to start the save.
+        """
+        where = self.step_dir(step)
+        try:
+            json.dumps(config)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {where}: config is not JSON ({_why(e)})") from e
+        state = _as_arrays(state)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            config=ocp.args.JsonSave(config),
+            digests=ocp.args.JsonSave(tree_digests(state)),
+        )
+        try:
+            saved = self._mgr.save(int(step), args=args)
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {where} could not be written: {_why(e)}") from e
+        if not saved:
+            latest = self._mgr.latest_step()
+            raise CheckpointError(
+                f"checkpoint {where} was not written: {self.directory} already has step {latest}"
+            )
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Blocks until every pending save is finalized on disk.
+
+        Raises:
+          CheckpointError: a background save failed.
+        """
+        try:
+            self._mgr.wait_until_finished()
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {self.directory}: save failed: {_why(e)}") from e
+
+    def close(self) -> None:
+        """Waits for pending saves and releases orbax's resources."""
+        self.wait()
+        self._mgr.close()
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def all_steps(self) -> list[int]:
+        """Returns the finalized steps on disk, ascending (in-flight saves excluded)."""
+        return _finalized_steps(self.directory)
+
+    def latest_step(self) -> int | None:
+        """Returns the newest finalized step on disk, or None when there is none."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def _pick(self, step: int | None) -> int:
+        """Resolves ``step`` (None = latest) to a finalized step, waiting for own saves."""
+        if self._mgr.is_saving_in_progress():
+            self.wait()
+        steps = self.all_steps()
+        if not steps:
+            raise CheckpointError(f"no checkpoint at {self.directory}")
+        if step is None:
+            return steps[-1]
+        if int(step) not in steps:
+            raise CheckpointError(f"no checkpoint at {self.step_dir(step)} (steps: {steps})")
+        return int(step)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _read_json(self, step: int, item: str) -> dict:
+        """Reads one JSON item of a finalized step."""
+        args = ocp.args.Composite(**{item: ocp.args.JsonRestore()})
+        try:
+            out = self._mgr.restore(step, args=args)[item]
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint {self.step_dir(step)} is unreadable ({item}): {_why(e)}"
+            ) from e
+        if not isinstance(out, dict):
+            raise CheckpointError(f"checkpoint {self.step_dir(step)} is unreadable ({item})")
+        return out
+
+    def read_config(self, step: int | None = None) -> dict:
+        """Reads the config dict of a step without loading any array.
+
+        Args:
+          step: step to read; None for the latest.
+
+        Returns:
+          the dict given to ``save``.
+
+        Raises:
+          CheckpointError: no such step, or its config cannot be read.
+        """
+        return self._read_json(self._pick(step), "config")
+
+    def restore(self, target: PyTree, step: int | None = None) -> PyTree:
+        """Restores a step into the structure, shapes and dtypes of ``target``.
+
+        Args:
+          target: abstract pytree (``jax.eval_shape``; ShapeDtypeStructs, optionally with
+            shardings) or a concrete one with the same structure as the saved state.
+          step: step to restore; None for the latest.
+
+        Returns:
+          the restored state, every leaf verified against its saved sha256.
+
+        Raises:
+          CheckpointError: no such step; the checkpoint was written for a different tree
+            (names the first mismatching leaf); a leaf fails its sha256 check; or orbax
+            cannot read the damaged checkpoint.
+        """
+        step = self._pick(step)
+        where = self.step_dir(step)
+        digests = self._read_json(step, "digests")
+        try:
+            problem = structure_mismatch(target, digests)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {where} has unreadable digests: {_why(e)}") from e
+        if problem:
+            raise CheckpointError(
+                f"checkpoint {where} was written for a different model: {problem}"
+            )
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        try:
+            state = self._mgr.restore(step, args=args)["state"]
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {where} is unreadable: {_why(e)}") from e
+        bad = corrupt_leaf(state, digests)
+        if bad:
+            raise CheckpointError(
+                f"checkpoint {where} is corrupt: leaf {bad} fails its sha256 check"
+            )
+        return state

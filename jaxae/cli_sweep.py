@@ -1,0 +1,102 @@
+"""Shared command line of the sweep experiments (no JAX import at module level)."""
+
+from __future__ import annotations
+
+import argparse
+
+from jaxae.cli import (
+    add_train_flags,
+    guarded,
+    non_negative_float,
+    positive_int,
+    run_kwargs,
+    train_config,
+)
+
+
+def sweep_parser(prog: str, description: str, *, kinds, latents, betas, seeds=3, epochs=10):
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    s = p.add_argument_group("sweep (every combination is one member)")
+    s.add_argument("--kinds", nargs="+", choices=["vae", "ae"], default=kinds)
+    s.add_argument("--latents", type=positive_int, nargs="+", default=latents, help="latent sizes")
+    s.add_argument(
+        "--betas",
+        type=non_negative_float,
+        nargs="+",
+        default=betas,
+        help="KL weights (VAE members; AE members ignore beta)",
+    )
+    s.add_argument("--seeds", type=positive_int, default=seeds, help="seeds 0..N-1 per config")
+    s.add_argument(
+        "--hidden",
+        type=positive_int,
+        nargs="+",
+        default=[512, 256],
+        help="hidden widths shared by all members (e.g. 512 256 128 64 32 12 6 3)",
+    )
+    s.add_argument("--vae-likelihood", choices=["bernoulli", "gaussian"], default="bernoulli")
+    s.add_argument("--ae-likelihood", choices=["bernoulli", "gaussian"], default="gaussian")
+    p.add_argument("--name", default=None, help="sweep name: models/<name>, runs/<name>")
+    add_train_flags(p, epochs=epochs)
+    return p
+
+
+def build_sweep(args):
+    from jaxae.config import Member, ModelConfig, SweepConfig
+
+    members = []
+    for kind in args.kinds:
+        lik = args.vae_likelihood if kind == "vae" else args.ae_likelihood
+        betas = args.betas if kind == "vae" else [1.0]
+        for latent in args.latents:
+            for beta in dict.fromkeys(betas):
+                for seed in range(args.seeds):
+                    cfg = ModelConfig(
+                        kind=kind,
+                        hidden=tuple(args.hidden),
+                        latent=latent,
+                        likelihood=lik,
+                        beta=beta,
+                    )
+                    members.append(Member(cfg, seed))
+    return SweepConfig(tuple(members), train_config(args))
+
+
+def sweep_main(parser, default_name: str, figures, argv=None) -> int:
+    args = parser.parse_args(argv)
+
+    def main():
+        from jaxae.cli import format_result
+        from jaxae.sweep import run_sweep
+
+        sweep = build_sweep(args)
+        names = [m.name for m in sweep.members]
+        more = ", ..." if len(names) > 4 else ""
+        print(f"{len(names)} members in one compiled program: {', '.join(names[:4])}{more}")
+        result, _, summary = run_sweep(
+            sweep, args.name or default_name, figures=figures, **run_kwargs(args)
+        )
+        print(format_result(result))
+        print(format_summary(summary))
+        return 0
+
+    return guarded(main)
+
+
+def format_summary(summary) -> str:
+    head = (
+        f"{'kind':5} {'latent':>6} {'beta':>5} {'test loss':>16} {'recon':>16} {'KL':>14} "
+        f"{'MSE/pixel':>18} {'PCA MSE':>8}"
+    )
+    lines = ["mean ± std over seeds", head]
+    for r in summary:
+
+        def f(k, p=2, r=r):
+            return f"{r[k]:.{p}f}±{r[k + '_std']:.{p}f}"
+
+        lines.append(
+            f"{r['kind']:5} {r['latent']:6d} {r['beta']:5g} {f('test_loss'):>16} "
+            f"{f('test_recon'):>16} {f('test_kl'):>14} {f('test_mse', 4):>18} "
+            f"{r['pca_mse']:8.4f}"
+        )
+    return "\n".join(lines)
