@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -233,10 +234,34 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int | None]:
 
 
 def _why(e: BaseException) -> str:
-    """One line describing an exception (type and the first line of its message)."""
+    """One line naming the root cause of an exception (orbax wraps TensorStore errors)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
     lines = str(e).strip().splitlines()
-    msg = lines[0][:200] if lines else ""
+    msg = lines[0][:300] if lines else ""
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _quiet_orbax_read_leaks() -> None:
+    """Silences orbax's reports about read coroutines it abandons when a restore fails.
+
+    orbax 0.12's ``_read_array_index_and_device_put`` catches ``BaseException``, so when a
+    failed restore leaves sibling reads pending, closing them later turns ``GeneratorExit``
+    into an "Exception ignored in <coroutine ...>" report with a page of TensorStore spec,
+    printed at some later garbage collection. Installed only after a failed restore, it
+    drops exactly those reports and passes everything else to the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxae_quiet", False):
+        return
+
+    def hook(unraisable):
+        name = getattr(unraisable.object, "__qualname__", "")
+        if name != "_read_array_index_and_device_put":
+            previous(unraisable)
+
+    hook._jaxae_quiet = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -417,6 +442,7 @@ class Checkpointer:
         try:
             state = self._mgr.restore(step, args=args)["state"]
         except Exception as e:
+            _quiet_orbax_read_leaks()
             raise CheckpointError(f"checkpoint {where} is unreadable: {_why(e)}") from e
         bad = corrupt_leaf(state, digests)
         if bad:

@@ -46,6 +46,12 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 10) -> None:
         help="Bernoulli likelihood on grey pixels instead of dynamic binarization",
     )
     g.add_argument(
+        "--train-size",
+        type=positive_int,
+        default=None,
+        help="train on the first N examples only (quick runs)",
+    )
+    g.add_argument(
         "--chunk",
         type=positive_int,
         default=100,
@@ -71,6 +77,7 @@ def train_config(args, *, seed: int = 0):
         data_seed=args.data_seed,
         binarize=not args.no_binarize,
         chunk=args.chunk,
+        train_size=args.train_size,
     )
 
 

@@ -84,6 +84,7 @@ class TrainConfig:
     chunk: int = 100
     eval_batch: int = 1000
     max_to_keep: int = 3
+    train_size: int | None = None  # use only the first N training examples (quick runs)
 
     def __post_init__(self):
         _check(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
@@ -91,6 +92,10 @@ class TrainConfig:
         _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
         _check(self.chunk > 0, f"chunk must be positive, got {self.chunk}")
         _check(self.eval_batch > 0, f"eval batch must be positive, got {self.eval_batch}")
+        _check(
+            self.train_size is None or self.train_size > 0,
+            f"train size must be positive, got {self.train_size}",
+        )
 
 
 @dataclass(frozen=True)

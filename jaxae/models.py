@@ -70,13 +70,14 @@ class Model(nn.Module):
         """Posterior parameters ``(mean, logvar)``, each (B, D); logvar is None for an AE."""
         mean, logvar = self.encoder(x)
         if mask is not None:
+            mask = mask[None, :]
             mean = mean * mask
             logvar = None if logvar is None else logvar * mask
         return mean, logvar
 
     def decode(self, z, mask=None):
         """Decoder logits (B, F) for latents z (B, D)."""
-        return self.decoder(z if mask is None else z * mask)
+        return self.decoder(z if mask is None else z * mask[None, :])
 
     def __call__(self, x, *, key=None, mask=None):
         """Encode, sample z by reparametrization (VAE) and decode.

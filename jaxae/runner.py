@@ -116,7 +116,7 @@ def run(
         models_dir, runs_dir, run, resume=resume, overwrite=overwrite
     )
     # --- data on the device ---
-    train_x = jnp.asarray(load_images(tcfg.dataset, "train"))
+    train_x = jnp.asarray(load_images(tcfg.dataset, "train")[: tcfg.train_size])
     test_x = load_images(tcfg.dataset, "test")
     n = train_x.shape[0]
     if tcfg.batch_size > n:

@@ -1,0 +1,32 @@
+"""Small configs shared by the tests: tiny models, a slice of MNIST, few steps."""
+
+import os
+import subprocess
+import sys
+
+from jaxae.config import ModelConfig, TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HIDDEN = (32, 16)
+
+
+def tiny_model(**kw) -> ModelConfig:
+    return ModelConfig(**{"kind": "vae", "hidden": HIDDEN, "latent": 2, **kw})
+
+
+def tiny_train(**kw) -> TrainConfig:
+    # 1280 examples at batch 128: 10 steps per epoch, 2 chunks of 5
+    return TrainConfig(**{"epochs": 2, "train_size": 1280, "chunk": 5, **kw})
+
+
+def run_cli(*args, env=None, timeout=300, cwd=None):
+    """Run ``python -m ...`` in a subprocess; returns CompletedProcess with text output."""
+    e = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=timeout,
+        cwd=cwd or ROOT,
+    )
