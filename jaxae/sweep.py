@@ -55,6 +55,8 @@ def pad_to(small, big):
     """Zero-pad every leaf of ``small`` at the end of each axis to the shape in ``big``."""
 
     def pad(a, b):
+        if a.shape == b.shape:
+            return a
         return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, b.shape, strict=True)])
 
     return jax.tree.map(pad, small, big)

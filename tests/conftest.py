@@ -29,8 +29,5 @@ def data_dir():
     return d
 
 
-@pytest.fixture(autouse=True)
-def _data_env(monkeypatch):
-    d = _data_dir()
-    if d is not None:
-        monkeypatch.setenv("JAXAE_DATA_DIR", str(d))
+if _data_dir() is not None:  # for module-scoped fixtures and subprocesses too
+    os.environ["JAXAE_DATA_DIR"] = str(_data_dir())

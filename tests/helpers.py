@@ -19,14 +19,20 @@ def tiny_train(**kw) -> TrainConfig:
     return TrainConfig(**{"epochs": 2, "train_size": 1280, "chunk": 5, **kw})
 
 
-def run_cli(*args, env=None, timeout=300, cwd=None):
-    """Run ``python -m ...`` in a subprocess; returns CompletedProcess with text output."""
-    e = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+def run_py(*args, env=None, timeout=300, cwd=None):
+    """Run ``python ARGS`` in a subprocess; returns CompletedProcess with text output."""
+    path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
+    e = {**os.environ, "PYTHONPATH": path, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", *args],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         env=e,
         timeout=timeout,
         cwd=cwd or ROOT,
     )
+
+
+def run_cli(*args, **kw):
+    """Run ``python -m ARGS`` in a subprocess."""
+    return run_py("-m", *args, **kw)

@@ -3,8 +3,8 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from helpers import tiny_model, tiny_train
+
 from jaxae import train
 from jaxae.runner import run
 from jaxae.summary import read_scalars
