@@ -242,22 +242,37 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def _quiet_orbax_read_leaks() -> None:
-    """Silences orbax's reports about read coroutines it abandons when a restore fails.
+def _is_orbax_read_leak(unraisable: Any) -> bool:
+    """True for the two reports a failed orbax restore leaves behind (see below)."""
+    if getattr(unraisable.object, "__qualname__", "") == "_read_array_index_and_device_put":
+        return True
+    tb = unraisable.exc_traceback
+    return (
+        unraisable.object is None
+        and isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"
+        and tb is not None
+        and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
+    )
 
-    orbax 0.12's ``_read_array_index_and_device_put`` catches ``BaseException``, so when a
-    failed restore leaves sibling reads pending, closing them later turns ``GeneratorExit``
-    into an "Exception ignored in <coroutine ...>" report with a page of TensorStore spec,
-    printed at some later garbage collection. Installed only after a failed restore, it
-    drops exactly those reports and passes everything else to the previous hook.
+
+def _quiet_orbax_read_leaks() -> None:
+    """Silences the reports of reads that orbax abandons when a restore fails.
+
+    When one read fails, orbax 0.12 closes its event loop while sibling TensorStore reads
+    are still in flight. Later, at some garbage collection or at exit, Python prints
+    "Exception ignored in: None ... RuntimeError: Event loop is closed" for each read that
+    completes, and "Exception ignored in <coroutine _read_array_index_and_device_put>" with
+    a page of TensorStore spec for each abandoned coroutine (that coroutine catches
+    ``BaseException``, ``GeneratorExit`` included). Installed only after a failed restore,
+    this hook drops exactly those reports and passes every other one to the previous hook.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_jaxae_quiet", False):
         return
 
     def hook(unraisable):
-        name = getattr(unraisable.object, "__qualname__", "")
-        if name != "_read_array_index_and_device_put":
+        if not _is_orbax_read_leak(unraisable):
             previous(unraisable)
 
     hook._jaxae_quiet = True

@@ -23,14 +23,14 @@ def tile(images, cols: int | None = None, pad: int = 1):
     return grid
 
 
-def save_png(path, grid) -> None:
-    """Write an (H, W, C) grid in [0, 1] as a PNG (grey for C == 1)."""
+def save_png(path, grid, scale: int = 3) -> None:
+    """Write an (H, W, C) grid in [0, 1] as a PNG (grey for C == 1), enlarged ``scale`` x."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    g = np.asarray(grid)
+    g = np.asarray(grid).repeat(scale, 0).repeat(scale, 1)
     plt.imsave(str(path), g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=1)
 
 
@@ -124,20 +124,43 @@ def rate_distortion(summary: list[dict], path) -> None:
     plt.close(fig)
 
 
-def sample_sheet(names: list[str], samples, path, per_member: int = 16) -> None:
-    """One small grid of decoded prior samples per member, side by side with titles."""
+def sheet(names: list[str], grids, path, *, title: str | None = None) -> None:
+    """Image grids (H, W, C) side by side, one titled panel per member."""
     plt = _pyplot()
-    samples = np.asarray(samples)
     n = len(names)
     cols = min(n, 6)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
+    h, w = np.asarray(grids[0]).shape[:2]
+    size = 2.2 * max(1.0, w / h)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, 2.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, name, s in zip(axes.flat, names, samples, strict=False):
-        g = tile(s[:per_member])
+    for ax, name, g in zip(axes.flat, names, grids, strict=False):
+        g = np.asarray(g)
         ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=1)
         ax.set_title(name.replace(",", "\n", 1), fontsize=7)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def scatter(names: list[str], points, labels, path, *, xlabel="z1", ylabel="z2") -> None:
+    """Latent means (n, 2) per member, coloured by class label."""
+    plt = _pyplot()
+    n = len(names)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, name, p in zip(axes.flat, names, points, strict=False):
+        ax.axis("on")
+        sc = ax.scatter(p[:, 0], p[:, 1], c=labels, cmap="tab10", s=2, alpha=0.6)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    fig.colorbar(sc, ax=axes.ravel().tolist(), ticks=range(10), label="digit")
     fig.savefig(path, dpi=110)
     plt.close(fig)

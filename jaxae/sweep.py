@@ -97,6 +97,15 @@ def shard_members(tree):
     return jax.tree.map(put, tree)
 
 
+def sweep_state(sweep: SweepConfig) -> tuple:
+    """Initial state of a sweep: one stacked state per group (unsharded)."""
+    tx = make_optimizer(sweep.train)
+    return tuple(
+        stack([init_member(sweep.members[i], g.cfg, tx) for i in g.index])
+        for g in group_members(sweep.members)
+    )
+
+
 def sweep_program(sweep: SweepConfig):
     """A runner Program training every member of the sweep in one scanned step."""
     from jaxae.runner import Program
@@ -105,7 +114,7 @@ def sweep_program(sweep: SweepConfig):
     tx = make_optimizer(tcfg)
     groups = group_members(members)
     models = [Model(g.cfg) for g in groups]
-    state = tuple(stack([init_member(members[i], g.cfg, tx) for i in g.index]) for g in groups)
+    state = sweep_state(sweep)
     hyper = tuple(
         stack([model_hyper(members[i].model, members[i].seed, g.cfg.latent) for i in g.index])
         for g in groups
@@ -255,6 +264,11 @@ def run_sweep(sweep: SweepConfig, name: str, *, figures=("latent",), log=print, 
             prog.state, prog.hyper, jnp.asarray(load_images(sweep.train.dataset, "test")[:32])
         )
     )
-    plots.sample_sheet([m.name for m in sweep.members], imgs["samples"], Path(out) / "samples.png")
+    plots.sheet(
+        [m.name for m in sweep.members],
+        [plots.tile(s[:16]) for s in np.asarray(imgs["samples"])],
+        Path(out) / "samples.png",
+        title="decoded prior samples, one panel per member",
+    )
     log(f"wrote results.json, results.csv and figures to {out}")
     return result, rows, summary
