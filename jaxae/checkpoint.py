@@ -9,8 +9,9 @@ A run folder holds one sub-folder per step, as orbax's ``CheckpointManager`` lay
       digests/metadata            JsonSave: leaf path -> {"sha256", "dtype", "shape"}
 
 Orbax does not checksum array data (a flipped byte restores as wrong weights), so every
-restore recomputes the digests and refuses a mismatch. Orbax also restores a wrongly
-shaped target without complaint, so the saved shapes are checked against the target first.
+restore recomputes the digests and refuses a mismatch. Against a differing target orbax
+casts dtypes silently, ignores the target shape of numpy leaves and raises a long ValueError
+for jax leaves, so the saved shapes and dtypes are checked against the target first.
 This module knows nothing about models; ``state`` is any pytree of jax/numpy arrays.
 """
 
@@ -47,7 +48,7 @@ def leaf_path(path: tuple) -> str:
       path: key path from ``jax.tree_util.tree_flatten_with_path``.
 
     Returns:
-      e.g. ``"params/Dense_0/kernel"`` or ``"opt_state/0/mu/params/Dense_0/bias"``.
+      e.g. ``"params/Dense_0/kernel"`` or ``"opt_state/0/mu/Dense_0/bias"``.
     """
     parts = []
     for k in path:
@@ -78,8 +79,11 @@ def flat_leaves(tree: PyTree) -> dict[str, Any]:
 
 
 def _as_arrays(state: PyTree) -> PyTree:
-    """Turns Python/numpy scalars into jax arrays so they save and restore like
-    ``jax.eval_shape`` describes them (e.g. an int step becomes int32, not int64)."""
+    """Turns Python/numpy scalar leaves into jax arrays.
+
+    They then save as ``jax.eval_shape`` describes them (an int step becomes int32 rather
+    than numpy's int64), so an abstract target matches the saved dtypes.
+    """
     return jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, _SCALARS) else x, state)
 
 
@@ -287,7 +291,7 @@ class Checkpointer:
     listed, so a crash during a save leaves the previous step as the latest.
     """
 
-    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3, create=True):
+    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3, create: bool = True):
         """Opens (or creates) a run folder.
 
         Args:
@@ -370,8 +374,10 @@ class Checkpointer:
 
     def close(self) -> None:
         """Waits for pending saves and releases orbax's resources."""
-        self.wait()
-        self._mgr.close()
+        try:
+            self.wait()
+        finally:
+            self._mgr.close()
 
     # -- listing ---------------------------------------------------------------------------
 

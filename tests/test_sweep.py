@@ -71,7 +71,8 @@ from jaxae.config import Member, SweepConfig
 from jaxae.sweep import sweep_program
 from jaxae.runner import run
 assert jax.device_count() == 8, jax.devices()
-members = [Member(tiny_model(latent=k, beta=b), s) for k in (2, 8) for b in (1.0, 4.0) for s in (0, 1)]
+members = [Member(tiny_model(latent=k, beta=b), s)
+           for k in (2, 8) for b in (1.0, 4.0) for s in (0, 1)]
 sweep = SweepConfig(tuple(members), tiny_train())
 prog = sweep_program(sweep)
 shard = prog.state[0]["params"]["params"]["encoder"]["mean"]["kernel"].sharding

@@ -1,0 +1,94 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from helpers import tiny_model
+from jaxae.evaluate import iw_bound, log_weights, model_iw_terms, pca_mse
+from jaxae.losses import gaussian_log_density
+from jaxae.models import Model, init_params
+from jaxae.sweep import pad_to
+
+# A linear-Gaussian model: z ~ N(0, I_2), x | z ~ N(W z + b, s^2 I_3); p(x) is Gaussian.
+W = jnp.array([[1.0, -0.5], [0.3, 0.8], [-0.7, 0.2]])
+B = jnp.array([0.1, -0.2, 0.3])
+S2 = 0.25
+X = jnp.array([[0.5, -1.0, 0.8], [1.2, 0.4, -0.3]])
+
+
+def exact_log_px(x):
+    cov = W @ W.T + S2 * jnp.eye(3)
+    d = x - B[None]
+    quad = (d @ jnp.linalg.inv(cov) * d).sum(-1)
+    return -0.5 * (quad + jnp.linalg.slogdet(cov)[1] + 3 * jnp.log(2 * jnp.pi))
+
+
+def posterior(x, shift=0.0):
+    """Exact posterior N(m, C) (diagonal of C used), optionally shifted to make q imperfect."""
+    prec = jnp.eye(2) + W.T @ W / S2
+    cov = jnp.linalg.inv(prec)
+    mean = (x - B[None]) @ W @ cov.T / S2
+    return mean + shift, jnp.log(jnp.diag(cov))[None].repeat(x.shape[0], 0)
+
+
+def log_lik(z):
+    return gaussian_log_density(X[None], z @ W.T + B[None, None], jnp.full((1, 1, 3), jnp.log(S2)))
+
+
+def bound(k, key, shift=0.4):
+    mean, logvar = posterior(X, shift)
+    eps = jax.random.normal(key, (k, *mean.shape))
+    return iw_bound(log_weights(log_lik, mean, logvar, eps))
+
+
+def test_iw_bound_reaches_exact_marginal():
+    est = bound(5000, jax.random.key(0))
+    np.testing.assert_allclose(est, exact_log_px(X), atol=0.02)
+    assert bool(jnp.all(bound(1, jax.random.key(0)) < exact_log_px(X)))
+
+
+def test_bound_rises_with_k():
+    keys = jax.random.split(jax.random.key(1), 400)
+    means = [float(jax.vmap(lambda key, k=k: bound(k, key))(keys).mean()) for k in (1, 10, 100)]
+    assert means[0] < means[1] < means[2] < float(exact_log_px(X).mean())
+
+
+def test_elbo_is_k1_bound_in_expectation():
+    mean, logvar = posterior(X, 0.4)
+    eps = jax.random.normal(jax.random.key(2), (200_000, *mean.shape))
+    mc = log_weights(log_lik, mean, logvar, eps).mean(0)
+    # analytic ELBO: E_q log p(x|z) - KL(q || p)
+    var = jnp.exp(logvar)
+    resid = X - (mean @ W.T + B[None])
+    exp_ll = (
+        -0.5 * (3 * jnp.log(2 * jnp.pi * S2) + (resid**2).sum(-1) / S2)
+        - 0.5 * (var[:, None, :] * W[None] ** 2).sum((1, 2)) / S2
+    )
+    kl = 0.5 * (var + mean**2 - 1 - logvar).sum(-1)
+    np.testing.assert_allclose(mc, exp_ll - kl, atol=0.01)
+
+
+def test_padded_latent_dims_change_neither_elbo_nor_nll():
+    small, big = tiny_model(latent=2), tiny_model(latent=5)
+    p_small = init_params(small, jax.random.key(0))
+    p_big = pad_to(p_small, jax.eval_shape(lambda: init_params(big, jax.random.key(0))))
+    x = jax.random.bernoulli(jax.random.key(1), 0.3, (4, 784)).astype(jnp.float32)
+    mask = (jnp.arange(5) < 2).astype(jnp.float32)
+    key = jax.random.key(3)
+    a = model_iw_terms(p_small, x, jnp.ones(2), key=key, k=64, chunk=16, model=Model(small))
+    b = model_iw_terms(p_big, x, mask, key=key, k=64, chunk=16, model=Model(big))
+    for name in ("iw", "elbo", "elbo1"):
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5)
+
+
+def test_pca_mse_matches_numpy():
+    rng = np.random.default_rng(0)
+    train = rng.random((500, 20)) @ rng.random((20, 30))
+    test = rng.random((100, 20)) @ rng.random((20, 30))
+    mu = train.mean(0)
+    _, _, vt = np.linalg.svd(train - mu, full_matrices=False)
+    for k in (1, 5, 30):
+        v = vt[:k].T
+        rec = (test - mu) @ v @ v.T + mu
+        np.testing.assert_allclose(
+            pca_mse(train, test, [k])[k], np.mean((rec - test) ** 2), rtol=1e-6, atol=1e-10
+        )
