@@ -9,6 +9,13 @@ import argparse
 import sys
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: ... (see --help)`` and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def positive_int(s: str) -> int:
     v = int(s)
     if v <= 0:
@@ -124,7 +131,7 @@ def guarded(main):
 
 def train_main(argv=None) -> int:
     """``python -m jaxae.train``: train one AE or VAE."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m jaxae.train",
         description="Train one autoencoder or VAE on MNIST-like data. Checkpoints go to "
         "models/<run>/, TensorBoard summaries to runs/<run>/; the test metrics and the "

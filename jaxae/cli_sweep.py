@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
 from jaxae.cli import (
+    Parser,
     add_train_flags,
     guarded,
     non_negative_float,
@@ -15,7 +14,7 @@ from jaxae.cli import (
 
 
 def sweep_parser(prog: str, description: str, *, kinds, latents, betas, seeds=3, epochs=10):
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = Parser(prog=prog, description=description)
     s = p.add_argument_group("sweep (every combination is one member)")
     s.add_argument("--kinds", nargs="+", choices=["vae", "ae"], default=kinds)
     s.add_argument("--latents", type=positive_int, nargs="+", default=latents, help="latent sizes")

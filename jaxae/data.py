@@ -355,13 +355,20 @@ def _download_split(name, fnames, dest, mirror):
         f"download {', '.join(f + '.gz' for f in fnames)} from {base} yourself and put them "
         f"in {dest}, or set JAXAE_DATA_DIR to a folder holding {name}/"
     )
+    created = [p for p in (dest, *dest.parents) if not p.exists()]
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create {dest} ({e.strerror or e}); {hint}") from e
-    for fname in fnames:
-        if _locate(dest, fname) is None:
-            _download(base + fname + ".gz", dest / f"{fname}.gz", SHA256[name][fname], hint)
+    try:
+        for fname in fnames:
+            if _locate(dest, fname) is None:
+                _download(base + fname + ".gz", dest / f"{fname}.gz", SHA256[name][fname], hint)
+    except DataError:
+        for p in created:  # a failed download leaves no empty folders behind
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
     return [_locate(dest, f) for f in fnames]
 
 

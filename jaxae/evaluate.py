@@ -254,13 +254,12 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    import argparse
     import json
     from pathlib import Path
 
-    from jaxae.cli import guarded, positive_int
+    from jaxae.cli import Parser, guarded, positive_int
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m jaxae.evaluate",
         description="Evaluate every member of a checkpoint on the test set (vmapped): "
         "negative ELBO (1 and k samples), importance-weighted NLL with k samples (Burda et "

@@ -9,6 +9,7 @@ signals and the non-finite guard.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import shutil
 import signal
@@ -67,19 +68,35 @@ def load_images(dataset: str, split: str) -> np.ndarray:
 
 
 def prepare_run_dir(models_dir: Path, runs_dir: Path, run: str, *, resume: bool, overwrite: bool):
-    """Check the run folders against --resume/--overwrite; never overwrite silently."""
+    """Lock the run folder and check it against --resume/--overwrite.
+
+    Returns:
+        (checkpoint dir, log dir, lock file). The lock (``.lock``, an flock) is held until
+        the file is closed or the process dies, so two processes never train one run.
+    """
     ckpt, logs = models_dir / run, runs_dir / run
-    exists = ckpt.exists() and any(ckpt.iterdir())
+    ckpt.mkdir(parents=True, exist_ok=True)
+    lock = open(ckpt / ".lock", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise RunError(
+            f"run {run!r} is being trained by another process ({ckpt} is locked)"
+        ) from None
+    exists = any(p.name != ".lock" for p in ckpt.iterdir())
     if exists and not (resume or overwrite):
+        lock.close()
         raise RunError(
             f"run {run!r} already exists in {ckpt}: pass --resume to continue it "
             "or --overwrite to start again"
         )
     if overwrite and not resume:
-        shutil.rmtree(ckpt, ignore_errors=True)
+        for p in ckpt.iterdir():
+            if p.name != ".lock":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
         shutil.rmtree(logs, ignore_errors=True)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    return ckpt, logs
+    return ckpt, logs, lock
 
 
 class _Signals:
@@ -111,16 +128,25 @@ def run(
     log=print,
 ) -> dict:
     """Train ``prog`` for ``tcfg.epochs`` epochs; returns final metrics and timings."""
-    models_dir, runs_dir = Path(models_dir).resolve(), Path(runs_dir).resolve()
-    ckpt_dir, log_dir = prepare_run_dir(
-        models_dir, runs_dir, run, resume=resume, overwrite=overwrite
-    )
-    # --- data on the device ---
-    train_x = jnp.asarray(load_images(tcfg.dataset, "train")[: tcfg.train_size])
+    # --- data first: bad input fails before anything is written ---
+    train_x = load_images(tcfg.dataset, "train")[: tcfg.train_size]
     test_x = load_images(tcfg.dataset, "test")
     n = train_x.shape[0]
     if tcfg.batch_size > n:
         raise RunError(f"batch size {tcfg.batch_size} is larger than the dataset ({n} examples)")
+    train_x = jnp.asarray(train_x)
+    models_dir, runs_dir = Path(models_dir).resolve(), Path(runs_dir).resolve()
+    ckpt_dir, log_dir, lock = prepare_run_dir(
+        models_dir, runs_dir, run, resume=resume, overwrite=overwrite
+    )
+    try:
+        return _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress)
+    finally:
+        lock.close()
+
+
+def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress) -> dict:
+    n = train_x.shape[0]
     spe = n // tcfg.batch_size
     total = spe * tcfg.epochs
     c = chunk_size(spe, tcfg.chunk)

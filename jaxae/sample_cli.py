@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from jaxae.cli import fail, guarded, positive_int
+from jaxae.cli import Parser, fail, guarded, positive_int
 
 MODES = ("prior", "recon", "interpolate", "manifold", "scatter")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m jaxae.sample",
         description="Decode latent samples of a trained model into a PNG. For a sweep, "
         "--member picks one member (index or name, e.g. 'vae,latent=8,beta=1,seed=0'); "
