@@ -1,8 +1,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from helpers import tiny_model
+
 from jaxae.evaluate import iw_bound, log_weights, model_iw_terms, pca_mse
 from jaxae.losses import gaussian_log_density
 from jaxae.models import Model, init_params

@@ -1,0 +1,247 @@
+"""Command-line behaviour: help, sample modes, and the bad-input table (see README)."""
+
+import gzip
+import shutil
+
+import matplotlib.image as mpimg
+import pytest
+from helpers import run_cli
+
+TRAIN = ("jaxae.train", "--hidden", "16", "--epochs", "1", "--train-size", "640", "--no-progress")
+
+
+def _snapshot(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """A tiny trained VAE (latent 2) and AE, and a 2-member latent sweep."""
+    root = tmp_path_factory.mktemp("cli")
+    out = {}
+    for name, extra in (("vae", ["--latent", "2"]), ("ae", ["--kind", "ae", "--latent", "3"])):
+        p = run_cli(
+            *TRAIN,
+            *extra,
+            "--run",
+            name,
+            "--models-dir",
+            str(root / "models"),
+            "--runs-dir",
+            str(root / "runs"),
+            cwd=root,
+        )
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "examples/s" in p.stdout and "compile" in p.stdout
+        out[name] = root / "models" / name
+    p = run_cli(
+        "experiments.latent_sweep",
+        "--kinds",
+        "vae",
+        "--latents",
+        "2",
+        "4",
+        "--seeds",
+        "1",
+        "--hidden",
+        "16",
+        "--epochs",
+        "1",
+        "--train-size",
+        "640",
+        "--no-progress",
+        "--models-dir",
+        str(root / "models"),
+        "--runs-dir",
+        str(root / "runs"),
+        cwd=root,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    out["sweep"] = root / "models" / "latent_sweep"
+    out["root"] = root
+    return out
+
+
+@pytest.mark.parametrize(
+    "mode,n,shape",
+    [
+        ("prior", 16, (4 * 29 + 1) * 3),
+        ("recon", 8, (4 * 29 + 1) * 3),
+        ("interpolate", 20, (2 * 29 + 1) * 3),
+        ("manifold", 25, (5 * 29 + 1) * 3),
+    ],
+)
+def test_sample_modes_write_png_of_expected_size(ckpts, tmp_path, mode, n, shape):
+    out = tmp_path / f"{mode}.png"
+    p = run_cli(
+        "jaxae.sample",
+        "--ckpt",
+        str(ckpts["vae"]),
+        "--mode",
+        mode,
+        "--n",
+        str(n),
+        "--out",
+        str(out),
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert mpimg.imread(out).shape[0] == shape
+
+
+def test_sample_is_deterministic_and_sweep_side_by_side(ckpts, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for path in (a, b):
+        p = run_cli("jaxae.sample", "--ckpt", str(ckpts["vae"]), "--seed", "3", "--out", str(path))
+        assert p.returncode == 0, p.stderr
+    assert a.read_bytes() == b.read_bytes()
+    for member in ("vae,latent=4,beta=1,seed=0", "1", None):
+        out = tmp_path / f"s{member}.png"
+        args = ["--member", member] if member else []
+        p = run_cli("jaxae.sample", "--ckpt", str(ckpts["sweep"]), *args, "--out", str(out))
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert out.stat().st_size > 1000
+
+
+def test_scatter_and_evaluate(ckpts, tmp_path):
+    p = run_cli(
+        "jaxae.sample",
+        "--ckpt",
+        str(ckpts["sweep"]),
+        "--mode",
+        "scatter",
+        "--out",
+        str(tmp_path / "s.png"),
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = run_cli(
+        "jaxae.evaluate",
+        "--ckpt",
+        str(ckpts["sweep"]),
+        "--k",
+        "8",
+        "--chunk",
+        "4",
+        "--batch",
+        "1000",
+        "--no-progress",
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (ckpts["sweep"] / "eval.json").exists() and "NLL IW" in p.stdout
+
+
+def test_help_is_fast_and_explains():
+    for mod in (
+        "jaxae.train",
+        "jaxae.sample",
+        "jaxae.evaluate",
+        "experiments.latent_sweep",
+        "experiments.beta_sweep",
+    ):
+        p = run_cli(mod, "--help", timeout=20)
+        assert p.returncode == 0 and "usage:" in p.stdout and len(p.stdout) > 300
+
+
+def _corrupt_data(tmp_path):
+    d = tmp_path / "baddata" / "mnist"
+    d.mkdir(parents=True)
+    from conftest import _data_dir
+
+    for f in (_data_dir() / "mnist").glob("*.gz"):
+        shutil.copy(f, d / f.name)
+    raw = bytearray(gzip.decompress((d / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    raw[100] ^= 0xFF
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
+    return d.parent
+
+
+def _flip_byte(ckpt, tmp_path):
+    bad = tmp_path / "flipped"
+    shutil.copytree(ckpt, bad)
+    files = [p for p in (bad).rglob("*") if p.is_file() and "state" in p.parts]
+    big = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(big.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    big.write_bytes(bytes(data))
+    return bad
+
+
+# (name, module and args, expected text in the error line); {vae}, {ae}, {sweep}, {tmp} are
+# filled in. Each must fail with one line on stderr, a non-zero exit and no new files.
+BAD = [
+    ("unknown flag", [*TRAIN, "--bogus"], "unrecognized arguments"),
+    ("zero latent size", [*TRAIN, "--latent", "0"], "positive integer"),
+    ("negative latent size", [*TRAIN, "--latent", "-3"], "positive integer"),
+    ("hidden width not positive", [*TRAIN, "--hidden", "8", "0"], "positive integer"),
+    ("beta < 0", [*TRAIN, "--beta", "-1"], "must be >= 0"),
+    ("zero epochs", [*TRAIN, "--epochs", "0"], "positive integer"),
+    ("negative learning rate", [*TRAIN, "--lr", "-0.1"], "learning rate must be positive"),
+    ("unknown kind", [*TRAIN, "--kind", "gan"], "invalid choice"),
+    ("batch larger than dataset", [*TRAIN, "--batch-size", "1000"], "larger than the dataset"),
+    ("unknown dataset", [*TRAIN, "--dataset", "cifar99"], "unknown dataset"),
+    ("missing data dir", [*TRAIN], "could not download"),
+    ("corrupt IDX file", [*TRAIN], "sha256"),
+    ("existing run", [*TRAIN, "--run", "vae", "--models-dir", "{models}"], "already exists"),
+    ("empty sweep", ["experiments.latent_sweep", "--latents"], "expected at least one"),
+    ("sweep latent 0", ["experiments.latent_sweep", "--latents", "0"], "positive integer"),
+    ("sweep beta < 0", ["experiments.beta_sweep", "--betas", "-2"], "must be >= 0"),
+    ("sweep zero seeds", ["experiments.beta_sweep", "--seeds", "0"], "positive integer"),
+    ("missing checkpoint", ["jaxae.sample", "--ckpt", "{tmp}/nope"], "no checkpoint"),
+    ("not a checkpoint", ["jaxae.sample", "--ckpt", "{tmp}"], "checkpoint"),
+    (
+        "unknown member name",
+        ["jaxae.sample", "--ckpt", "{sweep}", "--member", "vae,latent=3"],
+        "no member",
+    ),
+    (
+        "member index out of range",
+        ["jaxae.sample", "--ckpt", "{sweep}", "--member", "7"],
+        "no member 7",
+    ),
+    ("manifold of an AE", ["jaxae.sample", "--ckpt", "{ae}", "--mode", "manifold"], "needs a VAE"),
+    ("prior of an AE", ["jaxae.sample", "--ckpt", "{ae}"], "no prior"),
+    (
+        "unknown sample mode",
+        ["jaxae.sample", "--ckpt", "{vae}", "--mode", "dream"],
+        "invalid choice",
+    ),
+    ("zero samples", ["jaxae.sample", "--ckpt", "{vae}", "--n", "0"], "positive integer"),
+    (
+        "unwritable output folder",
+        ["jaxae.sample", "--ckpt", "{vae}", "--out", "/nonexistent/x.png"],
+        "does not exist",
+    ),
+    ("flipped byte in checkpoint", ["jaxae.sample", "--ckpt", "{flipped}"], "corrupt"),
+    ("evaluate: zero k", ["jaxae.evaluate", "--ckpt", "{vae}", "--k", "0"], "positive integer"),
+    ("evaluate: missing checkpoint", ["jaxae.evaluate", "--ckpt", "{tmp}/nope"], "no checkpoint"),
+]
+
+
+@pytest.mark.parametrize("name,args,expect", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_one_clear_line(ckpts, tmp_path, name, args, expect):
+    env = {}
+    if name == "missing data dir":
+        env = {
+            "JAXAE_DATA_DIR": str(tmp_path / "nodata"),
+            "JAXAE_MNIST_MIRROR": "http://127.0.0.1:9/",
+        }
+    if name == "corrupt IDX file":
+        env = {"JAXAE_DATA_DIR": str(_corrupt_data(tmp_path))}
+    fill = {
+        "vae": ckpts["vae"],
+        "ae": ckpts["ae"],
+        "sweep": ckpts["sweep"],
+        "tmp": tmp_path,
+        "models": ckpts["root"] / "models",
+    }
+    if "{flipped}" in args:
+        fill["flipped"] = _flip_byte(ckpts["vae"], tmp_path)
+    args = [a.format(**fill) for a in args]
+    work = tmp_path / "work"
+    work.mkdir()
+    before, models_before = _snapshot(tmp_path), _snapshot(ckpts["root"])
+    p = run_cli(*args, env=env, cwd=work)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr and expect in lines[0], lines[0]
+    assert _snapshot(tmp_path) == before and _snapshot(ckpts["root"]) == models_before
