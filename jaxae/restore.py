@@ -35,6 +35,27 @@ class Loaded:
 
         return member_params(self.state, sweep_from_dict(self.config["sweep"]), i)
 
+    def test_metrics(self) -> dict:
+        """Test metrics per member, computed exactly as the training run reported them."""
+        import jax.numpy as jnp
+        import numpy as np
+
+        from jaxae.runner import load_images
+
+        if self.kind == "model":
+            from jaxae.train import single_program
+
+            cfg, tcfg = self.members[0][1], train_from_dict(self.config["train"])
+            prog = single_program(cfg, tcfg)
+        else:
+            from jaxae.sweep import sweep_program
+
+            sweep = sweep_from_dict(self.config["sweep"])
+            tcfg, prog = sweep.train, sweep_program(sweep)
+        test = jnp.asarray(load_images(tcfg.dataset, "test"))
+        out = jax.jit(prog.evaluate)(self.state, prog.hyper, test)
+        return {k: np.atleast_1d(np.asarray(v, np.float64)).tolist() for k, v in out.items()}
+
     def member_index(self, name: str | int | None) -> int:
         """Index of a member given by index or name; one clear error when it does not exist."""
         names = [m[0] for m in self.members]

@@ -1,11 +1,12 @@
 """Command-line behaviour: help, sample modes, and the bad-input table (see README)."""
 
 import gzip
+import json
 import shutil
 
 import matplotlib.image as mpimg
 import pytest
-from helpers import run_cli
+from helpers import run_cli, run_py
 
 TRAIN = ("jaxae.train", "--hidden", "16", "--epochs", "1", "--train-size", "640", "--no-progress")
 
@@ -127,6 +128,27 @@ def test_scatter_and_evaluate(ckpts, tmp_path):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert (ckpts["sweep"] / "eval.json").exists() and "NLL IW" in p.stdout
+
+
+LOAD = """
+import json, sys
+from jaxae.checkpoint import load
+run = load(sys.argv[1])
+print(json.dumps(run.test_metrics()))
+"""
+
+
+def test_checkpoint_reproduces_reported_test_loss_in_fresh_process(ckpts, tmp_path):
+    script = tmp_path / "load.py"
+    script.write_text(LOAD)
+    for name in ("vae", "ae", "sweep"):
+        p = run_py(str(script), str(ckpts[name]))
+        assert p.returncode == 0, p.stderr[-2000:]
+        reported = json.loads((ckpts[name] / "results.json").read_text())
+        got = json.loads(p.stdout.strip().splitlines()[-1])
+        if name == "sweep":
+            reported = {"loss": [m["test_loss"] for m in reported["members"]]}
+        assert got["loss"] == reported["loss"] if name == "sweep" else got == reported["test"]
 
 
 def test_help_is_fast_and_explains():
