@@ -179,7 +179,8 @@ def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress
     train_s, steps_run, epoch_idx, evals = 0.0, 0, None, None
     epoch_sums, epoch_n, last_epoch, saved = {}, 0, {}, s
     bar = tqdm(total=total, initial=s, disable=not progress, unit="step", dynamic_ncols=True)
-    with _Signals() as sig:
+    # Pending saves always finish: a crash or a signal keeps the last good checkpoint.
+    with mgr, summaries, bar, _Signals() as sig:
         while s < total:
             e, j = divmod(s, spe)
             if epoch_idx is None or j == 0:
@@ -209,15 +210,9 @@ def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress
             if sig.signum is not None:
                 if saved != s:
                     mgr.save(s, state, config)
-                mgr.close()
-                summaries.close()
-                bar.close()
                 raise Interrupted(sig.signum, s)
-    bar.close()
-    if saved != s:
-        mgr.save(s, state, config)
-    mgr.close()
-    summaries.close()
+        if saved != s:
+            mgr.save(s, state, config)
     if evals is None:
         evals = _evaluate(evaluate, state, prog, test_x, tcfg)
     speed = steps_run * tcfg.batch_size / train_s if train_s else float("nan")

@@ -49,6 +49,12 @@ class Summaries:
             for w, member in zip(self.writers, np.asarray(batch), strict=True):
                 w.add_image(name, tile(member), step, dataformats="HWC")
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def close(self) -> None:
         for w, f in zip(self.writers, self.jsonl, strict=True):
             w.close()

@@ -1,0 +1,141 @@
+"""Resume, interruption, lock and non-finite guard (issue: reliability)."""
+
+import fcntl
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import ROOT, run_cli, tiny_model, tiny_train
+
+from jaxae import sweep as jsweep
+from jaxae.checkpoint import Checkpointer, load
+from jaxae.config import Member, SweepConfig
+from jaxae.runner import run
+from jaxae.train import NonFiniteError, single_program
+
+TRAIN = ["jaxae.train", "--hidden", "16", "--train-size", "640", "--no-progress", "--chunk", "1"]
+
+
+def _leaves(tree):
+    return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+def test_sweep_resume_is_bitwise_exact(tmp_path):
+    members = tuple(Member(tiny_model(latent=k), 0) for k in (2, 4))
+    kw = {"models_dir": tmp_path / "m", "runs_dir": tmp_path / "r", "progress": False}
+    whole = jsweep.sweep_program(SweepConfig(members, tiny_train(epochs=2)))
+    run(whole, tiny_train(epochs=2), "a", **kw)
+    part = jsweep.sweep_program(SweepConfig(members, tiny_train(epochs=1)))
+    run(part, tiny_train(epochs=1), "b", **kw)
+    resumed = jsweep.sweep_program(SweepConfig(members, tiny_train(epochs=2)))
+    run(resumed, tiny_train(epochs=2), "b", resume=True, **kw)
+    for a, b in zip(_leaves(whole.state), _leaves(resumed.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_and_resume_continues_exactly(tmp_path, sig, code):
+    base = [
+        *TRAIN,
+        "--epochs",
+        "40",
+        "--models-dir",
+        str(tmp_path / "m"),
+        "--runs-dir",
+        str(tmp_path / "r"),
+    ]
+    env = {"PYTHONPATH": ROOT}
+    import os
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *base, "--run", "x"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ckpt = tmp_path / "m" / "x"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.isdigit() for p in ckpt.glob("*")):
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "interrupted" in err and "checkpoint saved" in err
+    stopped = Checkpointer(ckpt, create=False).latest_step()
+    assert 0 < stopped < 200  # 40 epochs x 5 steps; it stopped early
+    p = run_cli(*base, "--run", "x", "--resume")
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = run_cli(*base, "--run", "y")
+    assert p.returncode == 0, p.stderr[-2000:]
+    a, b = load(ckpt), load(tmp_path / "m" / "y")
+    assert a.step == b.step == 200
+    for x, y in zip(_leaves(a.state), _leaves(b.state), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_second_writer_is_refused(tmp_path):
+    ckpt = tmp_path / "m" / "x"
+    ckpt.mkdir(parents=True)
+    with open(ckpt / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        p = run_cli(
+            *TRAIN,
+            "--epochs",
+            "1",
+            "--run",
+            "x",
+            "--models-dir",
+            str(tmp_path / "m"),
+            "--runs-dir",
+            str(tmp_path / "r"),
+            "--overwrite",
+        )
+    assert p.returncode == 1 and "locked" in p.stderr
+    assert [q.name for q in ckpt.iterdir()] == [".lock"]
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    members = tuple(Member(tiny_model(latent=k), 0) for k in (2, 4))
+    tcfg = tiny_train(epochs=2)
+    prog = jsweep.sweep_program(SweepConfig(members, tcfg))
+    step = prog.step
+
+    def poisoned(state, h, x, s, bkey):  # member 1 diverges in the second epoch
+        state, m = step(state, h, x, s, bkey)
+        m["loss"] = jnp.where(s >= 13, m["loss"].at[1].set(jnp.nan), m["loss"])
+        return state, m
+
+    prog.step = poisoned
+    with pytest.raises(NonFiniteError, match=r"step 14 in member vae,latent=4"):
+        run(prog, tcfg, "n", models_dir=tmp_path / "m", runs_dir=tmp_path / "r", progress=False)
+    assert Checkpointer(tmp_path / "m" / "n", create=False).latest_step() == 10
+
+
+def test_nonfinite_cli_message(tmp_path):
+    p = run_cli(
+        *TRAIN,
+        "--epochs",
+        "1",
+        "--lr",
+        "1e30",
+        "--run",
+        "x",
+        "--models-dir",
+        str(tmp_path / "m"),
+        "--runs-dir",
+        str(tmp_path / "r"),
+    )
+    assert p.returncode == 1
+    assert "non-finite loss" in p.stderr and "member" in p.stderr, p.stderr[-2000:]
+
+
+def test_single_model_program_names_member():
+    prog = single_program(tiny_model(), tiny_train())
+    assert prog.names == ["vae,latent=2,beta=1,seed=0"]
