@@ -1,0 +1,269 @@
+"""Speed and memory benchmarks (not tests). Prints a table and writes benchmarks/results.json.
+
+    python -m benchmarks.run                 # everything (about 10 minutes on 2 CPU cores)
+    python -m benchmarks.run --only sweep    # the 6-member sweep vs six separate runs
+
+Ratios are measured inside one run, with the compared programs interleaved, because the
+machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SECTIONS = ("peak", "single", "torch", "sweep", "iw", "rss")
+LATENTS = (2, 4, 8, 16, 32, 64)
+
+
+def train_flops(features: int, hidden, latent: int, kind: str = "vae") -> float:
+    """Matmul FLOPs of one training example: forward (2 per MAC) times 3 for the backward."""
+    widths = [features, *hidden]
+    macs = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))  # encoder
+    macs += hidden[-1] * latent * (2 if kind == "vae" else 1)  # heads
+    dec = [latent, *reversed(hidden), features]
+    macs += sum(a * b for a, b in zip(dec[:-1], dec[1:], strict=True))
+    return 3 * 2 * macs
+
+
+def peak_gflops(n: int = 2048, reps: int = 10) -> float:
+    """Best-of-3 float32 matmul GFLOP/s of an n x n product in JAX."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            r = f(a)
+        r.block_until_ready()
+        best = min(best, (time.perf_counter() - t) / reps)
+    return 2 * n**3 / best / 1e9
+
+
+def _program_speed(prog, images, *, steps: int, batch: int, chunk: int = 50) -> float:
+    """Steady-state examples/s of a Program's scanned step (compiled beforehand)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxae.train import data_keys, epoch_batches, make_chunk
+
+    dk = data_keys(0)
+    idx = epoch_batches(dk["perm"], 0, images.shape[0], batch)[:chunk]
+    f = jax.jit(make_chunk(prog.step, binarize_key=dk["binarize"]), donate_argnums=0)
+    state, m = f(prog.state, prog.hyper, images, idx, jnp.int32(0))
+    jax.block_until_ready(m)
+    t = time.perf_counter()
+    for i in range(steps // chunk):
+        state, m = f(state, prog.hyper, images, idx, jnp.int32(i * chunk))
+    jax.block_until_ready(m)
+    prog.state = state
+    return (steps // chunk) * chunk * batch / (time.perf_counter() - t)
+
+
+def single(images, peak, *, steps: int = 400) -> dict:
+    """The VAE 784-512-256-20 at batch 128: examples/s, GFLOP/s and % of the matmul peak."""
+    from jaxae.config import ModelConfig, TrainConfig
+    from jaxae.train import single_program
+
+    cfg = ModelConfig(hidden=(512, 256), latent=20)
+    speed = _program_speed(single_program(cfg, TrainConfig()), images, steps=steps, batch=128)
+    gflops = speed * train_flops(784, cfg.hidden, 20) / 1e9
+    return {"examples_per_s": speed, "gflops": gflops, "pct_of_peak": 100 * gflops / peak}
+
+
+def versus_torch(images, *, rounds: int = 3, steps: int = 300) -> dict:
+    """jaxae vs an idiomatic PyTorch loop of the same model, interleaved, best of rounds."""
+    from benchmarks.torch_vae import torch_throughput
+    from jaxae.config import ModelConfig, TrainConfig
+    from jaxae.train import single_program
+
+    host = __import__("numpy").asarray(images)
+    cfg = ModelConfig(hidden=(512, 256), latent=20)
+    jx, pt = [], []
+    for _ in range(rounds):
+        jx.append(
+            _program_speed(single_program(cfg, TrainConfig()), images, steps=steps, batch=128)
+        )
+        pt.append(torch_throughput(host, steps=steps))
+    import torch
+
+    return {
+        "jaxae_examples_per_s": max(jx),
+        "torch_examples_per_s": max(pt),
+        "ratio": max(jx) / max(pt),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def sweep_vs_separate(*, epochs: int = 1) -> dict:
+    """A 6-member latent sweep vs six standalone runs of the same configs and steps.
+
+    End-to-end wall time (data, compile, training, per-epoch evaluation, checkpoints) of
+    each, interleaved sweep-first, plus the steady-state examples/s per member.
+    """
+    from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
+    from jaxae.runner import run
+    from jaxae.sweep import sweep_program
+    from jaxae.train import single_program
+
+    tcfg = TrainConfig(epochs=epochs)
+    cfgs = [ModelConfig(hidden=(512, 256), latent=k) for k in LATENTS]
+    with tempfile.TemporaryDirectory() as tmp:
+        kw = {"models_dir": Path(tmp) / "m", "runs_dir": Path(tmp) / "r", "progress": False}
+        t = time.perf_counter()
+        res = run(
+            sweep_program(SweepConfig(tuple(Member(c, 0) for c in cfgs), tcfg)), tcfg, "sweep", **kw
+        )
+        sweep_s = time.perf_counter() - t
+        sweep_speed = res["timing"]["examples_per_s"]
+        sep_s, sep_train_s = 0.0, 0.0
+        for c in cfgs:
+            t = time.perf_counter()
+            r = run(single_program(c, tcfg), tcfg, f"single{c.latent}", **kw)
+            sep_s += time.perf_counter() - t
+            sep_train_s += r["timing"]["train_s"]
+    steps = res["steps"]
+    sep_speed = steps * tcfg.batch_size / sep_train_s * len(cfgs)  # member-examples/s
+    return {
+        "members": len(cfgs),
+        "steps": steps,
+        "sweep_wall_s": sweep_s,
+        "separate_wall_s": sep_s,
+        "wall_ratio": sweep_s / sep_s,
+        "sweep_member_examples_per_s": sweep_speed * len(cfgs),
+        "separate_member_examples_per_s": sep_speed,
+        "steady_ratio": sep_speed / (sweep_speed * len(cfgs)),
+    }
+
+
+def iw_throughput(*, k: int = 1000, batch: int = 100) -> dict:
+    """Decoder evaluations per second of the importance-weighted bound (VAE 784-512-256-20)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxae.config import ModelConfig
+    from jaxae.evaluate import model_iw_terms
+    from jaxae.models import Model, init_params
+
+    cfg = ModelConfig(hidden=(512, 256), latent=20)
+    params = init_params(cfg, jax.random.key(0))
+    x = jax.random.bernoulli(jax.random.key(1), 0.2, (batch, 784)).astype(jnp.float32)
+    f = jax.jit(
+        lambda p, x, key: model_iw_terms(
+            p, x, jnp.ones(20), key=key, k=k, chunk=250, model=Model(cfg)
+        )["iw"]
+    )
+    f(params, x, jax.random.key(2)).block_until_ready()
+    t = time.perf_counter()
+    f(params, x, jax.random.key(3)).block_until_ready()
+    return {"decoder_evals_per_s": k * batch / (time.perf_counter() - t), "k": k}
+
+
+RSS_SCRIPT = """
+import resource, sys
+from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
+from jaxae.runner import run
+from jaxae.sweep import sweep_program
+tcfg = TrainConfig(epochs=1)
+members = tuple(Member(ModelConfig(hidden=(512, 256), latent=k), 0) for k in (2, 4, 8, 16, 32, 64))
+run(sweep_program(SweepConfig(members, tcfg)), tcfg, "rss", models_dir=sys.argv[1] + "/m",
+    runs_dir=sys.argv[1] + "/r", progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss() -> dict:
+    """Peak resident memory of a fresh process training the 6-member sweep for one epoch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [sys.executable, "-c", RSS_SCRIPT, tmp],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ},
+        )
+    return {"peak_rss_mb": int(out.stdout.strip().splitlines()[-1]) / 1024}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--out", default="benchmarks/results.json")
+    args = p.parse_args(argv)
+
+    import jax
+
+    from jaxae.runner import load_images
+
+    images = jax.numpy.asarray(load_images("mnist", "train"))
+    res = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "jax": jax.__version__,
+            "device": str(jax.devices()[0]),
+        }
+    }
+    peak = peak_gflops()
+    res["peak"] = {"matmul_gflops": peak}
+    print(f"matmul peak (2048^3 float32): {peak:.1f} GFLOP/s", flush=True)
+    if "single" in args.only:
+        res["single"] = r = single(images, peak)
+        print(
+            f"single VAE 784-512-256-20, batch 128: {r['examples_per_s']:.0f} examples/s, "
+            f"{r['gflops']:.1f} GFLOP/s = {r['pct_of_peak']:.0f}% of peak",
+            flush=True,
+        )
+    if "torch" in args.only:
+        try:
+            res["torch"] = r = versus_torch(images)
+            print(
+                f"vs PyTorch {r['torch']} ({r['torch_threads']} threads): jaxae "
+                f"{r['jaxae_examples_per_s']:.0f} vs torch {r['torch_examples_per_s']:.0f} "
+                f"examples/s, ratio {r['ratio']:.2f}x",
+                flush=True,
+            )
+        except ImportError:
+            print("PyTorch not installed (pip install -e '.[bench]'); skipping that row")
+    if "sweep" in args.only:
+        res["sweep"] = r = sweep_vs_separate()
+        print(
+            f"6-member latent sweep vs 6 separate runs, {r['steps']} steps each: "
+            f"wall {r['sweep_wall_s']:.1f} s vs {r['separate_wall_s']:.1f} s, "
+            f"ratio {r['wall_ratio']:.2f}; steady state {r['sweep_member_examples_per_s']:.0f}"
+            f" vs {r['separate_member_examples_per_s']:.0f} member-examples/s, "
+            f"time ratio {r['steady_ratio']:.2f}",
+            flush=True,
+        )
+    if "iw" in args.only:
+        res["iw"] = r = iw_throughput()
+        print(
+            f"IW bound: {r['decoder_evals_per_s']:.0f} decoder evaluations/s (k={r['k']})",
+            flush=True,
+        )
+    if "rss" in args.only:
+        res["rss"] = r = peak_rss()
+        print(f"peak RSS, 6-member sweep on full MNIST: {r['peak_rss_mb']:.0f} MB", flush=True)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
