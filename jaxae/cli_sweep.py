@@ -36,6 +36,12 @@ def sweep_parser(prog: str, description: str, *, kinds, latents, betas, seeds=3,
     s.add_argument("--vae-likelihood", choices=["bernoulli", "gaussian"], default="bernoulli")
     s.add_argument("--ae-likelihood", choices=["bernoulli", "gaussian"], default="gaussian")
     p.add_argument("--name", default=None, help="sweep name: models/<name>, runs/<name>")
+    p.add_argument(
+        "--drop-nonfinite",
+        action="store_true",
+        help="a member whose loss turns NaN/Inf is dropped; the others go on "
+        "(default: stop the sweep, keeping the last good checkpoint)",
+    )
     add_train_flags(p, epochs=epochs)
     return p
 
@@ -73,7 +79,11 @@ def sweep_main(parser, default_name: str, figures, argv=None) -> int:
         more = ", ..." if len(names) > 4 else ""
         print(f"{len(names)} members in one compiled program: {', '.join(names[:4])}{more}")
         result, _, summary = run_sweep(
-            sweep, args.name or default_name, figures=figures, **run_kwargs(args)
+            sweep,
+            args.name or default_name,
+            figures=figures,
+            drop_nonfinite=args.drop_nonfinite,
+            **run_kwargs(args),
         )
         print(format_result(result))
         print(format_summary(summary))

@@ -125,6 +125,7 @@ def run(
     resume=False,
     overwrite=False,
     progress=True,
+    drop_nonfinite=False,
     log=print,
 ) -> dict:
     """Train ``prog`` for ``tcfg.epochs`` epochs; returns final metrics and timings."""
@@ -140,12 +141,15 @@ def run(
         models_dir, runs_dir, run, resume=resume, overwrite=overwrite
     )
     try:
-        return _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress)
+        dropped = {} if drop_nonfinite else None
+        return _train(
+            prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress, dropped
+        )
     finally:
         lock.close()
 
 
-def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress) -> dict:
+def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress, dropped):
     n = train_x.shape[0]
     spe = n // tcfg.batch_size
     total = spe * tcfg.epochs
@@ -189,7 +193,7 @@ def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress
             state, m = compiled(state, prog.hyper, train_x, epoch_idx[j : j + c], jnp.int32(s))
             m = {k: np.asarray(v).reshape(c, -1) for k, v in m.items()}
             train_s += time.perf_counter() - t
-            check_finite(m, s, prog.names)
+            check_finite(m, s, prog.names, dropped)
             s, steps_run = s + c, steps_run + c
             for k, v in m.items():
                 epoch_sums[k] = epoch_sums.get(k, 0.0) + v.sum(0)
@@ -230,6 +234,7 @@ def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress
         "test": {k: v.tolist() for k, v in evals.items()},
         "train": {k: v.tolist() for k, v in last_epoch.items()},
         "timing": timing,
+        "dropped": dropped or {},
         "checkpoint": str(ckpt_dir),
         "logs": str(log_dir),
     }

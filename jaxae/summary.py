@@ -47,7 +47,8 @@ class Summaries:
         """images: name -> (M, n, H, W, C) floats in [0, 1]; logged as one grid per member."""
         for name, batch in images.items():
             for w, member in zip(self.writers, np.asarray(batch), strict=True):
-                w.add_image(name, tile(member), step, dataformats="HWC")
+                grid = np.nan_to_num(tile(member))  # a dropped member may hold NaNs
+                w.add_image(name, grid, step, dataformats="HWC")
 
     def __enter__(self):
         return self

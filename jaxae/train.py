@@ -14,6 +14,7 @@ if __name__ == "__main__":  # CLI first, so --help answers before JAX is importe
     raise SystemExit(train_main())
 
 import functools  # noqa: E402
+import sys  # noqa: E402
 
 import jax
 import jax.numpy as jnp
@@ -187,16 +188,22 @@ def make_evaluate(model: Model):
     return evaluate
 
 
-def check_finite(metrics: dict, s0: int, names: list[str]) -> None:
-    """Raise NonFiniteError naming the first step and member whose loss is not finite."""
+def check_finite(metrics: dict, s0: int, names: list[str], dropped: dict | None = None):
+    """Raise NonFiniteError naming the first step and member whose loss is not finite.
+
+    With ``dropped`` (a dict), a newly diverged member is recorded there instead
+    ({name: step}) and training goes on for the others; members are independent under
+    vmap, so a dropped member's NaNs never reach the rest.
+    """
     loss = np.asarray(metrics["loss"])
-    bad = np.argwhere(~np.isfinite(loss))
-    if bad.size:
-        i, m = bad[0]
-        raise NonFiniteError(
-            f"non-finite loss {loss[i, m]} at step {s0 + i + 1} in member {names[m]}; "
-            "the last good checkpoint is kept"
-        )
+    for i, m in np.argwhere(~np.isfinite(loss)):
+        if dropped is not None and names[m] in dropped:
+            continue
+        msg = f"non-finite loss {loss[i, m]} at step {s0 + i + 1} in member {names[m]}"
+        if dropped is None or len(dropped) + 1 == len(names):
+            raise NonFiniteError(msg + "; the last good checkpoint is kept")
+        dropped[names[m]] = int(s0 + i + 1)
+        print(f"warning: {msg}; member dropped, the others go on", file=sys.stderr)
 
 
 @functools.cache

@@ -118,6 +118,35 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert Checkpointer(tmp_path / "m" / "n", create=False).latest_step() == 10
 
 
+def test_drop_nonfinite_drops_only_that_member(tmp_path):
+    members = tuple(Member(tiny_model(latent=k), 0) for k in (2, 4, 8))
+    tcfg = tiny_train(epochs=2)
+    prog = jsweep.sweep_program(SweepConfig(members, tcfg))
+    step = prog.step
+
+    def poisoned(state, h, x, s, bkey):  # member 1's params turn NaN at step 13
+        state, m = step(state, h, x, s, bkey)
+        vae = state[0]
+        kernel = vae["params"]["params"]["decoder"]["out"]["kernel"]
+        kernel = jnp.where(s >= 12, kernel.at[1].set(jnp.nan), kernel)
+        vae["params"]["params"]["decoder"]["out"]["kernel"] = kernel
+        return (vae,), m
+
+    prog.step = poisoned
+    res = run(
+        prog,
+        tcfg,
+        "d",
+        models_dir=tmp_path / "m",
+        runs_dir=tmp_path / "r",
+        progress=False,
+        drop_nonfinite=True,
+    )
+    assert res["dropped"] == {"vae,latent=4,beta=1,seed=0": 14}
+    loss = res["test"]["loss"]
+    assert np.isfinite(loss[0]) and np.isnan(loss[1]) and np.isfinite(loss[2])
+
+
 def test_nonfinite_cli_message(tmp_path):
     p = run_cli(
         *TRAIN,
