@@ -1,0 +1,41 @@
+"""jaxae: autoencoders and (beta-)VAEs in JAX/Flax, many models trained as one program.
+
+    import jaxae
+    cfg = jaxae.ModelConfig(kind="vae", hidden=(512, 256), latent=20)
+    result = jaxae.fit(cfg, jaxae.TrainConfig(epochs=10), "my-run")
+    run = jaxae.load("models/my-run")          # config and params, ready to use
+
+Names are imported lazily, so the command-line entry points answer ``--help`` without
+starting JAX.
+"""
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ModelConfig": "jaxae.config",
+    "TrainConfig": "jaxae.config",
+    "SweepConfig": "jaxae.config",
+    "Member": "jaxae.config",
+    "Model": "jaxae.models",
+    "Encoder": "jaxae.models",
+    "Decoder": "jaxae.models",
+    "init_params": "jaxae.models",
+    "elbo_loss": "jaxae.losses",
+    "train_step": "jaxae.train",
+    "init_state": "jaxae.train",
+    "fit": "jaxae.train",
+    "sweep_program": "jaxae.sweep",
+    "run_sweep": "jaxae.sweep",
+    "load": "jaxae.checkpoint",
+    "Checkpointer": "jaxae.checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'jaxae' has no attribute {name!r}")

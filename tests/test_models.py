@@ -61,3 +61,10 @@ def test_padded_masked_model_equals_small_model():
 def test_bad_config(kwargs):
     with pytest.raises(ConfigError):
         ModelConfig(**kwargs)
+
+
+def test_package_exports():
+    import jaxae
+
+    for name in jaxae.__all__:
+        assert getattr(jaxae, name) is not None
