@@ -23,6 +23,13 @@ def positive_int(s: str) -> int:
     return v
 
 
+def non_negative_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
 def non_negative_float(s: str) -> float:
     v = float(s)
     if not v >= 0:

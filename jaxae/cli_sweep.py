@@ -7,6 +7,7 @@ from jaxae.cli import (
     add_train_flags,
     guarded,
     non_negative_float,
+    non_negative_int,
     positive_int,
     run_kwargs,
     train_config,
@@ -36,6 +37,13 @@ def sweep_parser(prog: str, description: str, *, kinds, latents, betas, seeds=3,
     s.add_argument("--vae-likelihood", choices=["bernoulli", "gaussian"], default="bernoulli")
     s.add_argument("--ae-likelihood", choices=["bernoulli", "gaussian"], default="gaussian")
     p.add_argument("--name", default=None, help="sweep name: models/<name>, runs/<name>")
+    p.add_argument(
+        "--eval-k",
+        type=non_negative_int,
+        default=0,
+        help="importance samples for a test NLL of every Bernoulli VAE member after "
+        "training (0: skip; costly, see python -m jaxae.evaluate)",
+    )
     p.add_argument(
         "--drop-nonfinite",
         action="store_true",
@@ -83,6 +91,7 @@ def sweep_main(parser, default_name: str, figures, argv=None) -> int:
             args.name or default_name,
             figures=figures,
             drop_nonfinite=args.drop_nonfinite,
+            eval_k=args.eval_k,
             **run_kwargs(args),
         )
         print(format_result(result))
@@ -95,7 +104,7 @@ def sweep_main(parser, default_name: str, figures, argv=None) -> int:
 def format_summary(summary) -> str:
     head = (
         f"{'kind':5} {'latent':>6} {'beta':>5} {'test loss':>16} {'recon':>16} {'KL':>14} "
-        f"{'MSE/pixel':>18} {'PCA MSE':>8}"
+        f"{'MSE/pixel':>18} {'PCA MSE':>8} {'active':>10}"
     )
     lines = ["mean ± std over seeds", head]
     for r in summary:
@@ -106,6 +115,6 @@ def format_summary(summary) -> str:
         lines.append(
             f"{r['kind']:5} {r['latent']:6d} {r['beta']:5g} {f('test_loss'):>16} "
             f"{f('test_recon'):>16} {f('test_kl'):>14} {f('test_mse', 4):>18} "
-            f"{r['pca_mse']:8.4f}"
+            f"{r['pca_mse']:8.4f} {f('active_units', 1):>10}"
         )
     return "\n".join(lines)

@@ -130,13 +130,14 @@ def evaluate_run(
 ) -> list[dict]:
     """Test metrics of every member: -ELBO, IW NLL (k samples), MSE, active units, PCA.
 
-    Bernoulli VAEs get the likelihood bounds; AEs and Gaussian (squared-error) models,
-    whose decoder is not a normalised density here, get MSE and active units only.
+    Bernoulli VAEs get the likelihood bounds (skipped when k == 0); AEs and Gaussian
+    (squared-error) models, whose decoder is not a normalised density here, get MSE and
+    active units only.
     """
     from jaxae.config import train_from_dict
     from jaxae.runner import load_images
 
-    if k % chunk:
+    if k and k % chunk:
         chunk = next(c for c in range(min(chunk, k), 0, -1) if k % c == 0)
     tcfg = train_from_dict(
         run.config["train"] if run.kind == "model" else run.config["sweep"]["train"]
@@ -191,7 +192,7 @@ def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, pro
     z = np.asarray(enc(params, masks))[:, :n]  # (G, N, D) posterior means
     mse = _mse(model, params, masks, x, xt, w, n)
     stats = {"mse": mse, "active_units": (z.var(1) > 0.01).sum(-1)}
-    if cfg.kind != "vae" or cfg.likelihood != "bernoulli":
+    if k == 0 or cfg.kind != "vae" or cfg.likelihood != "bernoulli":
         return stats
 
     def iw(p, m, xb, key):
@@ -257,7 +258,7 @@ def main(argv=None) -> int:
     import json
     from pathlib import Path
 
-    from jaxae.cli import Parser, guarded, positive_int
+    from jaxae.cli import Parser, guarded, non_negative_int, positive_int
 
     p = Parser(
         prog="python -m jaxae.evaluate",
@@ -268,7 +269,12 @@ def main(argv=None) -> int:
         "the checkpoint and prints a table. Bounds are in nats on the binarized test set.",
     )
     p.add_argument("--ckpt", required=True, help="run folder under models/ or a step in it")
-    p.add_argument("--k", type=positive_int, default=5000, help="importance samples")
+    p.add_argument(
+        "--k",
+        type=non_negative_int,
+        default=5000,
+        help="importance samples (0: skip the likelihood bounds)",
+    )
     p.add_argument("--chunk", type=positive_int, default=250, help="samples per decoder call")
     p.add_argument("--batch", type=positive_int, default=100, help="test digits per call")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")

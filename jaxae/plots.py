@@ -56,14 +56,18 @@ def latent_curves(summary: list[dict], path) -> None:
         ("test_loss", "VAE test -ELBO (nats)", ["vae"]),
         ("test_kl", "VAE test KL (nats)", ["vae"]),
         ("test_mse", "test MSE per pixel", kinds),
+        ("active_units", "active latent units", kinds),
     ]
-    panels = [p for p in panels if set(p[2]) & set(kinds)]
+    panels = [p for p in panels if set(p[2]) & set(kinds) and p[0] in summary[0]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, (y, title, ks) in zip(axes[0], panels, strict=True):
         for k in ks:
             if k in kinds:
                 xs, ys, es = _series(summary, k, "latent", y)
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=k.upper())
+        if y == "active_units":
+            xs = sorted({r["latent"] for r in summary})
+            ax.plot(xs, xs, "k:", label="all units")
         if y == "test_mse":
             xs, ys, _ = _series(summary, kinds[0], "latent", "pca_mse")
             ax.plot(xs, ys, "k--", label="PCA")

@@ -174,8 +174,8 @@ def member_params(prog_state, sweep: SweepConfig, i: int):
 # --- running a sweep and tabulating it ------------------------------------------------
 
 
-def member_rows(sweep: SweepConfig, result: dict, pca: dict[int, float]) -> list[dict]:
-    """One row per member: its config, final train and test metrics, PCA reference."""
+def member_rows(sweep: SweepConfig, result: dict, evals: list[dict]) -> list[dict]:
+    """One row per member: config, final train and test metrics, ``jaxae.evaluate`` extras."""
     rows = []
     for i, m in enumerate(sweep.members):
         c = m.model
@@ -189,7 +189,8 @@ def member_rows(sweep: SweepConfig, result: dict, pca: dict[int, float]) -> list
         }
         row.update({f"train_{k}": v[i] for k, v in result["train"].items()})
         row.update({f"test_{k}": v[i] for k, v in result["test"].items()})
-        row["pca_mse"] = pca.get(c.latent, float("nan"))
+        extra = ("pca_mse", "active_units", "nll_iw", "neg_elbo_k", "k")
+        row.update({k: evals[i][k] for k in extra if k in evals[i]})
         rows.append(row)
     return rows
 
@@ -205,7 +206,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         agg = dict(zip(keys, key, strict=True))
         agg["seeds"] = len(rs)
         for k in rs[0]:
-            if k.startswith(("train_", "test_")) or k == "pca_mse":
+            if k.startswith(("train_", "test_")) or k in ("pca_mse", "active_units", "nll_iw"):
                 vals = np.array([r[k] for r in rs], np.float64)
                 agg[k] = float(vals.mean())
                 agg[f"{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
@@ -228,46 +229,45 @@ def write_tables(out_dir, rows: list[dict], summary: list[dict], extra: dict) ->
         w.writerows(rows)
 
 
-def run_sweep(sweep: SweepConfig, name: str, *, figures=("latent",), log=print, **kwargs):
-    """Train a sweep, then write results.json/csv and figures next to its checkpoint.
+def run_sweep(
+    sweep: SweepConfig, name: str, *, figures=("latent",), eval_k: int = 0, log=print, **kwargs
+):
+    """Train a sweep, evaluate the saved checkpoint with ``jaxae.evaluate``, then write
+    results.json/csv and figures next to it.
 
     Returns:
-        (rows, summary): per-member rows and the mean/std over seeds.
+        (result, rows, summary): the runner's result, per-member rows, mean/std over seeds.
     """
+    from pathlib import Path
+
     from jaxae import plots
-    from jaxae.evaluate import pca_mse
+    from jaxae.checkpoint import load
+    from jaxae.evaluate import evaluate_run
     from jaxae.runner import load_images, run
 
     prog = sweep_program(sweep)
     result = run(prog, sweep.train, name, **kwargs)
-    latents = sorted({m.model.latent for m in sweep.members})
-    pca = pca_mse(
-        load_images(sweep.train.dataset, "train"), load_images(sweep.train.dataset, "test"), latents
-    )
-    rows = member_rows(sweep, result, pca)
+    out = Path(result["checkpoint"])
+    evals = evaluate_run(load(out), k=eval_k, progress=kwargs.get("progress", True))
+    rows = member_rows(sweep, result, evals)
     summary = aggregate(rows)
-    out = result["checkpoint"]
-    write_tables(
-        out,
-        rows,
-        summary,
-        {"timing": result["timing"], "steps": result["steps"], "dataset": sweep.train.dataset},
-    )
-    from pathlib import Path
-
+    extra = {
+        "timing": result["timing"],
+        "steps": result["steps"],
+        "dataset": sweep.train.dataset,
+        "dropped": result["dropped"],
+    }
+    write_tables(out, rows, summary, extra)
     if "latent" in figures:
-        plots.latent_curves(summary, Path(out) / "latent_sweep.png")
+        plots.latent_curves(summary, out / "latent_sweep.png")
     if "beta" in figures:
-        plots.rate_distortion(summary, Path(out) / "beta_sweep.png")
-    imgs = jax.device_get(
-        jax.jit(prog.images)(
-            prog.state, prog.hyper, jnp.asarray(load_images(sweep.train.dataset, "test")[:32])
-        )
-    )
+        plots.rate_distortion(summary, out / "beta_sweep.png")
+    test = jnp.asarray(load_images(sweep.train.dataset, "test")[:32])
+    imgs = jax.device_get(jax.jit(prog.images)(prog.state, prog.hyper, test))
     plots.sheet(
         [m.name for m in sweep.members],
         [plots.tile(s[:16]) for s in np.asarray(imgs["samples"])],
-        Path(out) / "samples.png",
+        out / "samples.png",
         title="decoded prior samples, one panel per member",
     )
     log(f"wrote results.json, results.csv and figures to {out}")

@@ -233,7 +233,7 @@ BAD = [
         "does not exist",
     ),
     ("flipped byte in checkpoint", ["jaxae.sample", "--ckpt", "{flipped}"], "corrupt"),
-    ("evaluate: zero k", ["jaxae.evaluate", "--ckpt", "{vae}", "--k", "0"], "positive integer"),
+    ("evaluate: negative k", ["jaxae.evaluate", "--ckpt", "{vae}", "--k", "-1"], "must be >= 0"),
     ("evaluate: missing checkpoint", ["jaxae.evaluate", "--ckpt", "{tmp}/nope"], "no checkpoint"),
 ]
 

@@ -128,6 +128,7 @@ def test_latent_sweep_cli(tmp_path):
     assert all(s["seeds"] == 2 for s in doc["summary"])
     for png in ("latent_sweep.png", "samples.png"):
         assert (out / png).stat().st_size > 10_000
+    assert all("active_units" in m and "pca_mse" in m for m in doc["members"])
     assert (out / "results.csv").read_text().count("\n") == 9
     assert len(list((tmp_path / "r" / "latent_sweep").iterdir())) == 8  # one run per member
     assert "PCA" in p.stdout
