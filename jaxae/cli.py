@@ -194,10 +194,13 @@ def format_result(res: dict) -> str:
             f"{k}={v[i]:.4f}" if k == "mse" else f"{k}={v[i]:.2f}" for k, v in res["test"].items()
         )
         lines.append(f"test  {name}: {vals}")
-    lines.append(
-        f"steps {res['steps']}  compile {t['compile_s']:.1f} s  train {t['train_s']:.1f} s"
-        f"  {t['examples_per_s']:.0f} examples/s"
-        f" ({t['member_examples_per_s']:.0f} member-examples/s)"
-    )
+    if t["steps"]:
+        lines.append(
+            f"steps {res['steps']}  compile {t['compile_s']:.1f} s  train {t['train_s']:.1f} s"
+            f"  {t['examples_per_s']:.0f} examples/s"
+            f" ({t['member_examples_per_s']:.0f} member-examples/s)"
+        )
+    else:
+        lines.append(f"steps {res['steps']}: already trained, nothing to run")
     lines.append(f"checkpoint {res['checkpoint']}  logs {res['logs']}")
     return "\n".join(lines)

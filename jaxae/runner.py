@@ -159,9 +159,12 @@ def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress
 
     # --- checkpoint: fresh or resumed ---
     mgr = Checkpointer(ckpt_dir, max_to_keep=tcfg.max_to_keep)
-    state = prog.state
+    state, last_epoch = prog.state, {}
     if resume and mgr.latest_step() is not None:
         state = mgr.restore(jax.eval_shape(lambda: state))
+        # the last finished epoch's train means travel in the checkpoint's config
+        saved_means = mgr.read_config().get("last_epoch", {})
+        last_epoch = {k: np.asarray(v) for k, v in saved_means.items()}
     s = global_step(state)
     config = {**prog.config, "run": run, "members": prog.names}
     summaries = Summaries(log_dir, prog.names, hparams=config)
@@ -181,7 +184,7 @@ def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress
 
     # --- train ---
     train_s, steps_run, epoch_idx, evals = 0.0, 0, None, None
-    epoch_sums, epoch_n, last_epoch, saved = {}, 0, {}, s
+    epoch_sums, epoch_n, saved = {}, 0, s
     bar = tqdm(total=total, initial=s, disable=not progress, unit="step", dynamic_ncols=True)
     # Pending saves always finish: a crash or a signal keeps the last good checkpoint.
     with mgr, summaries, bar, _Signals() as sig:
@@ -209,6 +212,7 @@ def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress
                 summaries.images(
                     s, jax.device_get(images(state, prog.hyper, jnp.asarray(test_x[:32])))
                 )
+                config["last_epoch"] = {k: v.tolist() for k, v in last_epoch.items()}
                 mgr.save(s, state, config)
                 saved = s
             if sig.signum is not None:
