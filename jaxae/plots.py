@@ -64,7 +64,8 @@ def latent_curves(summary: list[dict], path) -> None:
         for k in ks:
             if k in kinds:
                 xs, ys, es = _series(summary, k, "latent", y)
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=k.upper())
+                color = {"vae": "C0", "ae": "C1"}[k]
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=k.upper(), color=color)
         if y == "active_units":
             xs = sorted({r["latent"] for r in summary})
             ax.plot(xs, xs, "k:", label="all units")
