@@ -40,7 +40,7 @@ def torch_throughput(
 
     model = VAE()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    data = torch.from_numpy(images_u8).float() / 255.0
+    data = torch.from_numpy(images_u8.copy()).float() / 255.0
     n = data.shape[0]
 
     def run(k):
@@ -51,7 +51,7 @@ def torch_throughput(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     run(warmup)
     t = time.perf_counter()

@@ -15,7 +15,16 @@ def main(argv=None) -> int:
         latents=[16],
         betas=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
     )
-    return sweep_main(parser, "beta_sweep", figures=("beta",), argv=argv)
+    columns = (
+        "test_neg_elbo",
+        "test_recon",
+        "test_kl",
+        "test_loss",
+        "test_mse",
+        "sample_entropy",
+        "active_units",
+    )
+    return sweep_main(parser, "beta_sweep", figures=("beta",), argv=argv, columns=columns)
 
 
 if __name__ == "__main__":

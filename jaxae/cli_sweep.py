@@ -75,7 +75,7 @@ def build_sweep(args):
     return SweepConfig(tuple(members), train_config(args))
 
 
-def sweep_main(parser, default_name: str, figures, argv=None) -> int:
+def sweep_main(parser, default_name: str, figures, argv=None, columns=None) -> int:
     args = parser.parse_args(argv)
 
     def main():
@@ -95,26 +95,38 @@ def sweep_main(parser, default_name: str, figures, argv=None) -> int:
             **run_kwargs(args),
         )
         print(format_result(result))
-        print(format_summary(summary))
+        print(format_summary(summary, columns) if columns else format_summary(summary))
         return 0
 
     return guarded(main)
 
 
-def format_summary(summary) -> str:
-    head = (
-        f"{'kind':5} {'latent':>6} {'beta':>5} {'test loss':>16} {'recon':>16} {'KL':>14} "
-        f"{'MSE/pixel':>18} {'PCA MSE':>8} {'active':>10}"
-    )
-    lines = ["mean ± std over seeds", head]
-    for r in summary:
+COLUMNS = {  # results key -> (header, decimals)
+    "test_loss": ("test loss", 2),
+    "test_neg_elbo": ("-ELBO=rec+KL", 2),
+    "test_recon": ("recon", 2),
+    "test_kl": ("KL", 2),
+    "test_mse": ("MSE/pixel", 4),
+    "pca_mse": ("PCA MSE", 4),
+    "active_units": ("active", 1),
+    "sample_entropy": ("blur", 3),
+}
 
-        def f(k, p=2, r=r):
-            return f"{r[k]:.{p}f}±{r[k + '_std']:.{p}f}"
 
-        lines.append(
-            f"{r['kind']:5} {r['latent']:6d} {r['beta']:5g} {f('test_loss'):>16} "
-            f"{f('test_recon'):>16} {f('test_kl'):>14} {f('test_mse', 4):>18} "
-            f"{r['pca_mse']:8.4f} {f('active_units', 1):>10}"
-        )
+def format_summary(
+    summary, columns=("test_loss", "test_recon", "test_kl", "test_mse", "pca_mse", "active_units")
+) -> str:
+    """The mean ± std over seeds of the chosen columns, one row per configuration."""
+    cells = [[f"{r['kind']}", f"{r['latent']}", f"{r['beta']:g}"] for r in summary]
+    for r, row in zip(summary, cells, strict=True):
+        for k in columns:
+            p = COLUMNS[k][1]
+            row.append("-" if k not in r else f"{r[k]:.{p}f}±{r[k + '_std']:.{p}f}")
+    head = ["kind", "latent", "beta", *(COLUMNS[k][0] for k in columns)]
+    widths = [max(len(x) for x in col) for col in zip(head, *cells, strict=True)]
+    lines = [
+        "mean ± std over seeds (blur: mean binary entropy of decoded prior samples, nats/pixel)"
+    ]
+    for row in (head, *cells):
+        lines.append("  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
     return "\n".join(lines)

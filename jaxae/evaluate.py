@@ -192,6 +192,8 @@ def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, pro
     z = np.asarray(enc(params, masks))[:, :n]  # (G, N, D) posterior means
     mse = _mse(model, params, masks, x, xt, w, n)
     stats = {"mse": mse, "active_units": (z.var(1) > 0.01).sum(-1)}
+    if cfg.kind == "vae":
+        stats["sample_entropy"] = _sample_entropy(model, params, masks, seed)
     if k == 0 or cfg.kind != "vae" or cfg.likelihood != "bernoulli":
         return stats
 
@@ -213,6 +215,27 @@ def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, pro
         }
     )
     return stats
+
+
+def _sample_entropy(model, params, masks, seed: int, n: int = 1000):
+    """Blur of prior samples: mean binary entropy (nats/pixel) of decoded z ~ N(0, I).
+
+    A sharp sample has pixels near 0 or 1 (entropy near 0); a blurry one has grey pixels
+    (at most log 2 = 0.693). Same z for every member of the group.
+    """
+    import jax
+
+    from jaxae.models import Model
+
+    z = jax.random.normal(jax.random.key(seed), (n, masks.shape[-1]))
+
+    def one(p, m):
+        logits = model.apply(p, z, mask=m, method=Model.decode)
+        q = jax.nn.sigmoid(logits)
+        ent = -(q * jax.nn.log_sigmoid(logits) + (1 - q) * jax.nn.log_sigmoid(-logits))
+        return ent.mean()
+
+    return np.asarray(jax.jit(jax.vmap(one))(params, masks))
 
 
 def _mse(model, params, masks, x, xt, w, n):

@@ -88,7 +88,7 @@ def rate_distortion(summary: list[dict], path) -> None:
     """Recon vs KL across betas (rate-distortion), and both vs beta."""
     plt = _pyplot()
     rs = sorted((r for r in summary if r["kind"] == "vae"), key=lambda r: r["beta"])
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 3.8))
     a.errorbar(
         [r["test_kl"] for r in rs],
         [r["test_recon"] for r in rs],
@@ -121,7 +121,19 @@ def rate_distortion(summary: list[dict], path) -> None:
     b.set_xlabel("beta")
     b.set_ylabel("nats")
     b.set_title("test terms vs beta (loss = recon + beta KL)")
-    for ax in (a, b):
+    if "sample_entropy" in rs[0]:
+        c.errorbar(
+            betas,
+            [r["sample_entropy"] for r in rs],
+            yerr=[r["sample_entropy_std"] for r in rs],
+            marker="o",
+            capsize=3,
+        )
+    c.set_xscale("log", base=2)
+    c.set_xlabel("beta")
+    c.set_ylabel("nats / pixel")
+    c.set_title("blur of prior samples (pixel entropy)")
+    for ax in (a, b, c):
         ax.grid(alpha=0.3)
     b.legend()
     fig.tight_layout()

@@ -189,7 +189,9 @@ def member_rows(sweep: SweepConfig, result: dict, evals: list[dict]) -> list[dic
         }
         row.update({f"train_{k}": v[i] for k, v in result["train"].items()})
         row.update({f"test_{k}": v[i] for k, v in result["test"].items()})
-        extra = ("pca_mse", "active_units", "nll_iw", "neg_elbo_k", "k")
+        if c.kind == "vae":  # the beta-free bound, comparable across betas
+            row["test_neg_elbo"] = row["test_recon"] + row["test_kl"]
+        extra = ("pca_mse", "active_units", "sample_entropy", "nll_iw", "neg_elbo_k", "k")
         row.update({k: evals[i][k] for k in extra if k in evals[i]})
         rows.append(row)
     return rows
@@ -206,7 +208,12 @@ def aggregate(rows: list[dict]) -> list[dict]:
         agg = dict(zip(keys, key, strict=True))
         agg["seeds"] = len(rs)
         for k in rs[0]:
-            if k.startswith(("train_", "test_")) or k in ("pca_mse", "active_units", "nll_iw"):
+            if k.startswith(("train_", "test_")) or k in (
+                "pca_mse",
+                "active_units",
+                "nll_iw",
+                "sample_entropy",
+            ):
                 vals = np.array([r[k] for r in rs], np.float64)
                 agg[k] = float(vals.mean())
                 agg[f"{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
