@@ -43,7 +43,7 @@ def test_signal_saves_and_resume_continues_exactly(tmp_path, sig, code):
     base = [
         *TRAIN,
         "--epochs",
-        "40",
+        "20",
         "--models-dir",
         str(tmp_path / "m"),
         "--runs-dir",
@@ -69,13 +69,15 @@ def test_signal_saves_and_resume_continues_exactly(tmp_path, sig, code):
     assert proc.returncode == code, err[-2000:]
     assert "interrupted" in err and "checkpoint saved" in err
     stopped = Checkpointer(ckpt, create=False).latest_step()
-    assert 0 < stopped < 200  # 40 epochs x 5 steps; it stopped early
+    assert 0 < stopped < 100  # 20 epochs x 5 steps; it stopped early
+    if sig == signal.SIGTERM:
+        return  # the exit path is the same; the exact-resume check runs once, for SIGINT
     p = run_cli(*base, "--run", "x", "--resume")
     assert p.returncode == 0, p.stderr[-2000:]
     p = run_cli(*base, "--run", "y")
     assert p.returncode == 0, p.stderr[-2000:]
     a, b = load(ckpt), load(tmp_path / "m" / "y")
-    assert a.step == b.step == 200
+    assert a.step == b.step == 100
     for x, y in zip(_leaves(a.state), _leaves(b.state), strict=True):
         np.testing.assert_array_equal(x, y)
 
