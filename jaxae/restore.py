@@ -79,7 +79,7 @@ def load(path, step: int | None = None) -> Loaded:
     Raises:
         CheckpointError: missing, corrupt, or not a jaxae checkpoint.
     """
-    from jaxae.sweep import sweep_state
+    from jaxae.sweep import sweep_shapes
     from jaxae.train import init_state, make_optimizer
 
     run_dir, path_step = resolve(path)
@@ -95,7 +95,7 @@ def load(path, step: int | None = None) -> Loaded:
                 members = [(config["members"][0], cfg, tcfg.seed)]
             elif config.get("type") == "sweep":
                 sweep = sweep_from_dict(config["sweep"])
-                target = jax.eval_shape(lambda: sweep_state(sweep))
+                target = sweep_shapes(sweep)
                 members = [(m.name, m.model, m.seed) for m in sweep.members]
             else:
                 raise CheckpointError(f"{run_dir} is not a jaxae checkpoint (no model config)")

@@ -52,19 +52,29 @@ def group_members(members) -> list[Group]:
 
 
 def pad_to(small, big):
-    """Zero-pad every leaf of ``small`` at the end of each axis to the shape in ``big``."""
+    """Zero-pad every leaf of ``small`` at the end of each axis to the shape in ``big``.
+
+    Done in numpy on the host: one eager ``jnp.pad`` per new shape would compile each time.
+    """
 
     def pad(a, b):
+        a = np.asarray(a)
         if a.shape == b.shape:
             return a
-        return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, b.shape, strict=True)])
+        return np.pad(a, [(0, t - s) for s, t in zip(a.shape, b.shape, strict=True)])
 
     return jax.tree.map(pad, small, big)
 
 
 def stack(trees):
-    """Stack a list of identical pytrees on a new leading member axis."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    """Stack a list of identical pytrees on a new leading member axis (on the host)."""
+
+    def st(*xs):
+        if jax.dtypes.issubdtype(xs[0].dtype, jax.dtypes.prng_key):
+            return jnp.stack(xs)
+        return jnp.asarray(np.stack([np.asarray(x) for x in xs]))
+
+    return jax.tree.map(st, *trees)
 
 
 def unstack(tree, i: int):
@@ -77,7 +87,7 @@ def init_member(m: Member, group_cfg: ModelConfig, tx) -> dict:
     key = model_keys(m.seed)["init"]
     small = init_state(m.model, tx, key)
     big = jax.eval_shape(lambda: init_state(group_cfg, tx, key))
-    return {**pad_to(small, big), "opt_state": tx.init(pad_to(small["params"], big["params"]))}
+    return pad_to(small, big)  # Adam's moments start at zero, so padding them is tx.init
 
 
 def shard_members(tree):
@@ -104,6 +114,17 @@ def sweep_state(sweep: SweepConfig) -> tuple:
         stack([init_member(sweep.members[i], g.cfg, tx) for i in g.index])
         for g in group_members(sweep.members)
     )
+
+
+def sweep_shapes(sweep: SweepConfig) -> tuple:
+    """Shapes and dtypes of ``sweep_state(sweep)``, without initialising anything."""
+    tx = make_optimizer(sweep.train)
+    out = []
+    for g in group_members(sweep.members):
+        one = jax.eval_shape(lambda g=g: init_state(g.cfg, tx, jax.random.key(0)))
+        m = len(g.index)
+        out.append(jax.tree.map(lambda s, m=m: jax.ShapeDtypeStruct((m, *s.shape), s.dtype), one))
+    return tuple(out)
 
 
 def sweep_program(sweep: SweepConfig):
