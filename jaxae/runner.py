@@ -168,6 +168,8 @@ def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress
     s = global_step(state)
     config = {**prog.config, "run": run, "members": prog.names}
     summaries = Summaries(log_dir, prog.names, hparams=config)
+    if resume and not last_epoch and s:  # checkpoints of older runs: read the logs instead
+        last_epoch = summaries.epoch_means(s - min(spe, s), s)
 
     # --- compile once, timed apart from training ---
     chunk = make_chunk(prog.step, binarize_key=dk["binarize"])

@@ -56,6 +56,17 @@ class Summaries:
     def __exit__(self, *exc):
         self.close()
 
+    def epoch_means(self, start: int, stop: int) -> dict:
+        """Train means over logged steps in (start, stop], as {name: (M,)}; {} if none."""
+        per_member = []
+        for d in self.dirs:
+            rows = [r for r in read_scalars(d) if start < r["step"] <= stop and "train/loss" in r]
+            if not rows:
+                return {}
+            keys = [k for k in rows[0] if k.startswith("train/")]
+            per_member.append({k[6:]: np.mean([r[k] for r in rows]) for k in keys})
+        return {k: np.array([m[k] for m in per_member]) for k in per_member[0]}
+
     def close(self) -> None:
         for w, f in zip(self.writers, self.jsonl, strict=True):
             w.close()
