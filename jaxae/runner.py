@@ -126,7 +126,6 @@ def run(
     overwrite=False,
     progress=True,
     drop_nonfinite=False,
-    log=print,
 ) -> dict:
     """Train ``prog`` for ``tcfg.epochs`` epochs; returns final metrics and timings."""
     # --- data first: bad input fails before anything is written ---
