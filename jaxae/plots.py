@@ -49,11 +49,11 @@ def _series(summary, kind, x, y):
 
 
 def latent_curves(summary: list[dict], path) -> None:
-    """Test -ELBO, KL (VAE) and MSE per pixel (all kinds, PCA reference) vs latent size."""
+    """VAE test -ELBO and recon, KL; MSE per pixel (PCA reference) and active units."""
     plt = _pyplot()
     kinds = sorted({r["kind"] for r in summary})
     panels = [
-        ("test_loss", "VAE test -ELBO (nats)", ["vae"]),
+        ("test_loss", "VAE test -ELBO and recon (nats)", ["vae"]),
         ("test_kl", "VAE test KL (nats)", ["vae"]),
         ("test_mse", "test MSE per pixel", kinds),
         ("active_units", "active latent units", kinds),
@@ -66,6 +66,11 @@ def latent_curves(summary: list[dict], path) -> None:
                 xs, ys, es = _series(summary, k, "latent", y)
                 color = {"vae": "C0", "ae": "C1"}[k]
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=k.upper(), color=color)
+        if y == "test_loss" and "vae" in kinds:
+            xs, ys, es = _series(summary, "vae", "latent", "test_recon")
+            ax.errorbar(
+                xs, ys, yerr=es, marker="s", ls="--", capsize=3, color="C0", label="VAE recon"
+            )
         if y == "active_units":
             xs = sorted({r["latent"] for r in summary})
             ax.plot(xs, xs, "k:", label="all units")
