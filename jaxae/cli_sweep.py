@@ -76,6 +76,7 @@ def build_sweep(args):
 
 
 def sweep_main(parser, default_name: str, figures, argv=None, columns=None) -> int:
+    """Parse, build the sweep, run it, print the result and the summary table."""
     args = parser.parse_args(argv)
 
     def main():
@@ -95,7 +96,7 @@ def sweep_main(parser, default_name: str, figures, argv=None, columns=None) -> i
             **run_kwargs(args),
         )
         print(format_result(result))
-        print(format_summary(summary, columns) if columns else format_summary(summary))
+        print(format_summary(summary, columns or LATENT_COLUMNS))
         return 0
 
     return guarded(main)
@@ -113,9 +114,10 @@ COLUMNS = {  # results key -> (header, decimals)
 }
 
 
-def format_summary(
-    summary, columns=("test_loss", "test_recon", "test_kl", "test_mse", "pca_mse", "active_units")
-) -> str:
+LATENT_COLUMNS = ("test_loss", "test_recon", "test_kl", "test_mse", "pca_mse", "active_units")
+
+
+def format_summary(summary, columns=LATENT_COLUMNS) -> str:
     """The mean ± std over seeds of the chosen columns, one row per configuration."""
     cells = [[f"{r['kind']}", f"{r['latent']}", f"{r['beta']:g}"] for r in summary]
     for r, row in zip(summary, cells, strict=True):

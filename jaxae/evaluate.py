@@ -105,7 +105,7 @@ def run_groups(run):
     import jax.numpy as jnp
 
     from jaxae.config import sweep_from_dict
-    from jaxae.models import Model
+    from jaxae.models import Model, latent_mask
     from jaxae.sweep import group_members
 
     if run.kind == "model":
@@ -116,10 +116,7 @@ def run_groups(run):
     out = []
     for g, st in zip(group_members(sweep.members), run.state, strict=True):
         masks = jnp.stack(
-            [
-                (jnp.arange(g.cfg.latent) < sweep.members[i].model.latent).astype(jnp.float32)
-                for i in g.index
-            ]
+            [latent_mask(sweep.members[i].model.latent, g.cfg.latent) for i in g.index]
         )
         out.append((Model(g.cfg), st["params"], masks, list(g.index)))
     return out
@@ -248,8 +245,9 @@ def _mse(model, params, masks, x, xt, w, n):
 
     def one(p, m):
         xf = x.reshape(-1, x.shape[-1])
-        mean, _ = model.apply(p, xt.reshape(xf.shape), mask=m, method=Model.encode)
-        xhat = jax.nn.sigmoid(model.apply(p, mean, mask=m, method=Model.decode))
+        xhat = jax.nn.sigmoid(
+            model.apply(p, xt.reshape(xf.shape), mask=m, method=Model.reconstruct)
+        )
         return (jnp.square(xhat - xf).sum(-1) * w.reshape(-1)).sum() / (n * x.shape[-1])
 
     return np.asarray(jax.jit(jax.vmap(one))(params, masks))

@@ -79,6 +79,11 @@ class Model(nn.Module):
         """Decoder logits (B, F) for latents z (B, D)."""
         return self.decoder(z if mask is None else z * mask[None, :])
 
+    def reconstruct(self, x, mask=None):
+        """Decoder logits (B, F) of the posterior mean: the deterministic reconstruction."""
+        mean, _ = self.encode(x, mask)
+        return self.decode(mean, mask)
+
     def __call__(self, x, *, key=None, mask=None):
         """Encode, sample z by reparametrization (VAE) and decode.
 
@@ -98,10 +103,9 @@ class Model(nn.Module):
         return out
 
 
-def mean_image(cfg: ModelConfig, logits):
-    """The decoder's expected pixel values in [0, 1] (both likelihoods use a sigmoid)."""
-    del cfg
-    return jax.nn.sigmoid(logits)
+def latent_mask(k: int, d: int):
+    """(d,) float mask with the first k entries 1: a latent-k model padded to size d."""
+    return (jnp.arange(d) < k).astype(jnp.float32)
 
 
 def init_params(cfg: ModelConfig, key):

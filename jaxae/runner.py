@@ -58,7 +58,6 @@ class Program:
     evaluate: Callable  # evaluate(state, h, test) -> {name: (M,)}
     images: Callable  # images(state, h, x_test) -> {name: (M, n, H, W, C)}
     config: dict
-    batch: int = 0
 
 
 def load_images(dataset: str, split: str) -> np.ndarray:
@@ -208,7 +207,7 @@ def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress
             if s % spe == 0 or s == total:
                 last_epoch = {k: v / epoch_n for k, v in epoch_sums.items()}
                 epoch_sums, epoch_n = {}, 0
-                evals = _evaluate(evaluate, state, prog, test_x, tcfg)
+                evals = _evaluate(evaluate, state, prog, test_x)
                 summaries.scalars(s, {f"test/{k}": v for k, v in evals.items()})
                 summaries.images(
                     s, jax.device_get(images(state, prog.hyper, jnp.asarray(test_x[:32])))
@@ -223,7 +222,7 @@ def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress
         if saved != s:
             mgr.save(s, state, config)
     if evals is None:
-        evals = _evaluate(evaluate, state, prog, test_x, tcfg)
+        evals = _evaluate(evaluate, state, prog, test_x)
     speed = steps_run * tcfg.batch_size / train_s if train_s else float("nan")
     timing = {
         "compile_s": compile_s,
@@ -256,6 +255,6 @@ def global_step(state) -> int:
     raise ValueError("state has no step counter")
 
 
-def _evaluate(evaluate, state, prog: Program, test_x, tcfg: TrainConfig) -> dict:
+def _evaluate(evaluate, state, prog: Program, test_x) -> dict:
     out = evaluate(state, prog.hyper, jnp.asarray(test_x))
     return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in out.items()}

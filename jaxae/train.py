@@ -23,7 +23,7 @@ import optax
 
 from jaxae.config import ModelConfig, TrainConfig, to_dict
 from jaxae.losses import elbo_loss
-from jaxae.models import Model, init_params
+from jaxae.models import Model, init_params, latent_mask
 
 
 class NonFiniteError(FloatingPointError):
@@ -56,13 +56,6 @@ def init_state(cfg: ModelConfig, tx, key) -> dict:
     """Fresh training state: params, optimiser state and step counter."""
     params = init_params(cfg, key)
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-
-
-def hyper(cfg: ModelConfig, seed: int, latent: int | None = None) -> dict:
-    """Per-model arrays the traced step reads: beta, latent mask and train key."""
-    latent = cfg.latent if latent is None else latent
-    mask = (jnp.arange(latent) < cfg.latent).astype(jnp.float32)
-    return {"beta": jnp.float32(cfg.beta), "mask": mask, "key": model_keys(seed)["train"]}
 
 
 def loss_fn(params, x, *, key, beta, mask, model: Model):
@@ -143,8 +136,7 @@ def eval_sums(params, x, xt, w, *, key, beta, mask, model: Model):
     """
     out = model.apply(params, xt, key=key, mask=mask)
     loss, aux = elbo_loss(out, xt, beta=beta, likelihood=model.cfg.likelihood)
-    mean, _ = model.apply(params, xt, mask=mask, method=Model.encode)
-    xhat = jax.nn.sigmoid(model.apply(params, mean, mask=mask, method=Model.decode))
+    xhat = jax.nn.sigmoid(model.apply(params, xt, mask=mask, method=Model.reconstruct))
     sq = jnp.square(xhat - x).sum(-1)
     return {k: (v * w).sum() for k, v in {"loss": loss, **aux, "sqerr": sq}.items()}
 
@@ -221,8 +213,7 @@ def model_images(model: Model, n: int = 64):
         cfg = model.cfg
         shape = (-1, *cfg.image_shape)
         xf = x.astype(jnp.float32) / 255.0
-        mean, _ = model.apply(params, xf, mask=h["mask"], method=Model.encode)
-        rec = jax.nn.sigmoid(model.apply(params, mean, mask=h["mask"], method=Model.decode))
+        rec = jax.nn.sigmoid(model.apply(params, xf, mask=h["mask"], method=Model.reconstruct))
         side = jnp.stack([xf, rec], 1).reshape(shape)  # digit, reconstruction, ...
         # An AE has no prior; decoding N(0, I) anyway shows why it is not generative.
         z = jax.random.normal(h["sample_key"], (n, h["mask"].shape[0]))
@@ -233,9 +224,16 @@ def model_images(model: Model, n: int = 64):
 
 
 def model_hyper(cfg: ModelConfig, seed: int, latent: int | None = None) -> dict:
-    """``hyper`` plus the eval and sample keys of the model's seed."""
+    """Per-model arrays the traced functions read: beta, the latent mask (for a model padded
+    to ``latent`` dims) and the train, eval and sample keys of the model's seed."""
     keys = model_keys(seed)
-    return {**hyper(cfg, seed, latent), "eval_key": keys["eval"], "sample_key": keys["sample"]}
+    return {
+        "beta": jnp.float32(cfg.beta),
+        "mask": latent_mask(cfg.latent, cfg.latent if latent is None else latent),
+        "key": keys["train"],
+        "eval_key": keys["eval"],
+        "sample_key": keys["sample"],
+    }
 
 
 def single_program(cfg: ModelConfig, tcfg: TrainConfig):
