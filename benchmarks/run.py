@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ("peak", "single", "torch", "sweep", "iw", "rss")
+SECTIONS = ("peak", "single", "torch", "sweep", "scaling", "iw", "rss")
 LATENTS = (2, 4, 8, 16, 32, 64)
 
 
@@ -34,7 +34,7 @@ def train_flops(features: int, hidden, latent: int, kind: str = "vae") -> float:
 
 
 def peak_gflops(n: int = 2048, reps: int = 10) -> float:
-    """Best-of-3 float32 matmul GFLOP/s of an n x n product in JAX."""
+    """Best-of-3 float32 matmul GFLOP/s of an n x n product in JAX (XLA's default precision)."""
     import jax
     import jax.numpy as jnp
 
@@ -90,12 +90,13 @@ def versus_torch(images, *, rounds: int = 3, steps: int = 300) -> dict:
 
     host = __import__("numpy").asarray(images)
     cfg = ModelConfig(hidden=(512, 256), latent=20)
+    device = "cuda" if _platform() == "gpu" else "cpu"
     jx, pt = [], []
     for _ in range(rounds):
         jx.append(
             _program_speed(single_program(cfg, TrainConfig()), images, steps=steps, batch=128)
         )
-        pt.append(torch_throughput(host, steps=steps))
+        pt.append(torch_throughput(host, steps=steps, device=device))
     import torch
 
     return {
@@ -103,6 +104,7 @@ def versus_torch(images, *, rounds: int = 3, steps: int = 300) -> dict:
         "torch_examples_per_s": max(pt),
         "ratio": max(jx) / max(pt),
         "torch": torch.__version__,
+        "torch_device": device,
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -186,6 +188,32 @@ def _cli_times(tmp: Path, epochs: int) -> tuple[float, float]:
     return sweep, separate
 
 
+def scaling(images, *, members=(1, 6, 12, 36), steps: int = 100) -> dict:
+    """Steady-state member-examples/s of sweeps of growing size (latents 2..64 x seeds).
+
+    On a CPU the members share the cores, so this stays about flat; on an accelerator a
+    bigger program fills the device and the throughput grows with the member count.
+    """
+    from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
+    from jaxae.sweep import sweep_program
+
+    tcfg = TrainConfig()
+    rows = {}
+    for m in members:
+        ms = tuple(
+            Member(ModelConfig(hidden=(512, 256), latent=LATENTS[i % 6]), i // 6) for i in range(m)
+        )
+        speed = _program_speed(sweep_program(SweepConfig(ms, tcfg)), images, steps=steps, batch=128)
+        rows[str(m)] = {"member_examples_per_s": speed * m, "steps_per_s": speed / 128}
+    return rows
+
+
+def _platform() -> str:
+    import jax
+
+    return jax.devices()[0].platform
+
+
 def iw_throughput(*, k: int = 1000, batch: int = 100) -> dict:
     """Decoder evaluations per second of the importance-weighted bound (VAE 784-512-256-20)."""
     import jax
@@ -256,11 +284,20 @@ def main(argv=None) -> int:
             "platform": platform.platform(),
             "jax": jax.__version__,
             "device": str(jax.devices()[0]),
+            "device_kind": jax.devices()[0].device_kind,
         }
     }
-    peak = peak_gflops()
-    res["peak"] = {"matmul_gflops": peak}
-    print(f"matmul peak (2048^3 float32): {peak:.1f} GFLOP/s", flush=True)
+    n = 2048 if _platform() == "cpu" else 8192
+    peak = peak_gflops(n)
+    res["peak"] = {"matmul_gflops": peak, "n": n}
+    print(f"{res['machine']['device_kind']}, jax {jax.__version__}", flush=True)
+    print(f"matmul peak ({n}^3 float32): {peak:.1f} GFLOP/s", flush=True)
+    out = Path(args.out)
+
+    def save():
+        out.write_text(json.dumps(res, indent=1))
+
+    save()
     if "single" in args.only:
         res["single"] = r = single(images, peak)
         print(
@@ -268,17 +305,20 @@ def main(argv=None) -> int:
             f"{r['gflops']:.1f} GFLOP/s = {r['pct_of_peak']:.0f}% of peak",
             flush=True,
         )
+    save()
     if "torch" in args.only:
         try:
             res["torch"] = r = versus_torch(images)
             print(
-                f"vs PyTorch {r['torch']} ({r['torch_threads']} threads): jaxae "
+                f"vs PyTorch {r['torch']} on {r['torch_device']} ({r['torch_threads']} threads): "
+                f"jaxae "
                 f"{r['jaxae_examples_per_s']:.0f} vs torch {r['torch_examples_per_s']:.0f} "
                 f"examples/s, ratio {r['ratio']:.2f}x",
                 flush=True,
             )
         except ImportError:
             print("PyTorch not installed (pip install -e '.[bench]'); skipping that row")
+    save()
     if "sweep" in args.only:
         res["sweep"] = r = sweep_vs_separate()
         print(
@@ -291,16 +331,29 @@ def main(argv=None) -> int:
             f"time ratio {r['steady_ratio']:.2f}",
             flush=True,
         )
+    save()
+    if "scaling" in args.only:
+        res["scaling"] = r = scaling(images)
+        print(
+            "sweep scaling, steady state: "
+            + ", ".join(
+                f"{m} members {v['member_examples_per_s']:.0f} member-examples/s"
+                for m, v in r.items()
+            ),
+            flush=True,
+        )
+    save()
     if "iw" in args.only:
         res["iw"] = r = iw_throughput()
         print(
             f"IW bound: {r['decoder_evals_per_s']:.0f} decoder evaluations/s (k={r['k']})",
             flush=True,
         )
+    save()
     if "rss" in args.only:
         res["rss"] = r = peak_rss()
         print(f"peak RSS, 6-member sweep on full MNIST: {r['peak_rss_mb']:.0f} MB", flush=True)
-    Path(args.out).write_text(json.dumps(res, indent=1))
+    save()
     print(f"wrote {args.out}")
     return 0
 
