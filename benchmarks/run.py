@@ -113,10 +113,14 @@ def sweep_vs_separate(*, epochs: int = 1) -> dict:
     """A 6-member latent sweep vs six standalone runs of the same configs and steps.
 
     Measured two ways, both end to end (data, compile, training, per-epoch evaluation,
-    checkpoints): in one warm process (a tiny run first pays the one-time imports), and as
-    the commands a user would type, ``python -m jaxae.train`` six times vs one
-    ``python -m experiments.latent_sweep`` (which also evaluates and draws its figures).
+    checkpoints): in one warm process (a tiny run first pays the one-time imports; JAX's
+    compilation caches are cleared before each timed run, so that no run reuses another's
+    compiled functions, as none could across processes), and as the commands a user would
+    type, ``python -m jaxae.train`` six times vs one ``python -m experiments.latent_sweep``
+    (which also evaluates and draws its figures).
     """
+    import jax
+
     from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
     from jaxae.runner import run
     from jaxae.sweep import sweep_program
@@ -128,6 +132,7 @@ def sweep_vs_separate(*, epochs: int = 1) -> dict:
         kw = {"models_dir": Path(tmp) / "m", "runs_dir": Path(tmp) / "r", "progress": False}
         warm = TrainConfig(epochs=1, train_size=1280)
         run(single_program(cfgs[0], warm), warm, "warmup", **kw)
+        jax.clear_caches()
         t = time.perf_counter()
         res = run(
             sweep_program(SweepConfig(tuple(Member(c, 0) for c in cfgs), tcfg)), tcfg, "sweep", **kw
@@ -136,6 +141,7 @@ def sweep_vs_separate(*, epochs: int = 1) -> dict:
         sweep_speed = res["timing"]["examples_per_s"]
         sep_s, sep_train_s = 0.0, 0.0
         for c in cfgs:
+            jax.clear_caches()
             t = time.perf_counter()
             r = run(single_program(c, tcfg), tcfg, f"single{c.latent}", **kw)
             sep_s += time.perf_counter() - t
