@@ -252,7 +252,13 @@ tcfg = TrainConfig(epochs=1)
 members = tuple(Member(ModelConfig(hidden=(512, 256), latent=k), 0) for k in (2, 4, 8, 16, 32, 64))
 run(sweep_program(SweepConfig(members, tcfg)), tcfg, "rss", models_dir=sys.argv[1] + "/m",
     runs_dir=sys.argv[1] + "/r", progress=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM is this process's own high-water mark. ru_maxrss is not: Linux carries the parent's
+# peak into a child started by vfork/exec, so it reported the benchmark process's size.
+try:
+    hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
+    print(int(hwm[0].split()[1]))
+except (OSError, IndexError):
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
