@@ -259,7 +259,8 @@ def iw_throughput(*, k: int = 1000, batch: int = 100) -> dict:
 
 
 RSS_SCRIPT = """
-import resource, sys
+import sys
+from benchmarks.run import own_peak_rss_mb
 from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
 from jaxae.runner import run
 from jaxae.sweep import sweep_program
@@ -267,14 +268,24 @@ tcfg = TrainConfig(epochs=1)
 members = tuple(Member(ModelConfig(hidden=(512, 256), latent=k), 0) for k in (2, 4, 8, 16, 32, 64))
 run(sweep_program(SweepConfig(members, tcfg)), tcfg, "rss", models_dir=sys.argv[1] + "/m",
     runs_dir=sys.argv[1] + "/r", progress=False)
-# VmHWM is this process's own high-water mark. ru_maxrss is not: Linux carries the parent's
-# peak into a child started by vfork/exec, so it reported the benchmark process's size.
-try:
-    hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
-    print(int(hwm[0].split()[1]))
-except (OSError, IndexError):
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(own_peak_rss_mb())
 """
+
+
+def own_peak_rss_mb() -> float:
+    """Peak resident memory of this process, MB: Linux's VmHWM, else ``ru_maxrss``.
+
+    ``ru_maxrss`` is not enough on Linux: a child started by fork/vfork + exec inherits its
+    parent's peak there, so a child of a big process reports the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(ln for ln in f if ln.startswith("VmHWM:"))
+        return int(hwm.split()[1]) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_rss() -> dict:
@@ -287,7 +298,7 @@ def peak_rss() -> dict:
             check=True,
             env={**os.environ},
         )
-    return {"peak_rss_mb": int(out.stdout.strip().splitlines()[-1]) / 1024}
+    return {"peak_rss_mb": float(out.stdout.strip().splitlines()[-1])}
 
 
 def main(argv=None) -> int:

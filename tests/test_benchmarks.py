@@ -1,0 +1,25 @@
+"""The benchmark's own arithmetic and measurements (the benchmarks themselves are not tests)."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from benchmarks.run import own_peak_rss_mb, train_flops
+
+
+def test_train_flops_by_hand():
+    # VAE 784-512-256-20: encoder, mean and log-variance heads, decoder; x2 per MAC, x3 with
+    # the backward pass.
+    macs = 784 * 512 + 512 * 256 + 2 * 256 * 20 + 20 * 256 + 256 * 512 + 512 * 784
+    assert train_flops(784, (512, 256), 20) == 6 * macs
+    assert train_flops(784, (512, 256), 20, kind="ae") == 6 * (macs - 256 * 20)
+
+
+def test_peak_rss_is_the_childs_own():
+    big = np.ones(600 * 2**20, np.uint8)  # 600 MB resident in this (parent) process
+    assert own_peak_rss_mb() > 600
+    code = "from benchmarks.run import own_peak_rss_mb; print(own_peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) < 300, out.stdout  # ru_maxrss would report the parent's > 600
+    del big
