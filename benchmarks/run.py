@@ -1,7 +1,8 @@
 """Speed and memory benchmarks (not tests). Prints a table and writes benchmarks/results.json.
 
-    python -m benchmarks.run                 # everything (about 10 minutes on 2 CPU cores)
+    python -m benchmarks.run                 # everything (about 12 minutes on 2 CPU cores)
     python -m benchmarks.run --only sweep    # the 6-member sweep vs six separate runs
+    benchmarks/gpu.sh OUTDIR                 # on a CUDA machine: this, then the latent sweep
 
 Ratios are measured inside one run, with the compared programs interleaved, because the
 machines are shared and noisy.
