@@ -19,12 +19,15 @@ jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'torch', to
 tmp=$(mktemp -d)
 dirs=(--models-dir "$tmp/m" --runs-dir "$tmp/r" --no-progress)
 timeout 120 python3 -m jaxae.train --epochs 1 --train-size 2560 --run smoke "${dirs[@]}" || exit 1
-timeout "${BENCH_TIMEOUT:-300}" python3 -m benchmarks.run --out "$out/results_gpu.json" 2>&1 |
+timeout "${BENCH_TIMEOUT:-450}" python3 -m benchmarks.run --out "$out/results_gpu.json" 2>&1 |
   tee "$out/bench.log"
+bench=$?
 # The README's main job, end to end (training, per-epoch evaluation, checkpoints, IW NLL, figures).
 s=$(date +%s)
 timeout "${SWEEP_TIMEOUT:-240}" python3 -m experiments.latent_sweep "${dirs[@]}" 2>&1 |
   tee "$out/latent_sweep.log"
+sweep=$?
 echo "latent_sweep wall: $(($(date +%s) - s)) s" | tee -a "$out/latent_sweep.log"
 cp "$tmp"/m/latent_sweep/{results.json,latent_sweep.png} "$out"/ 2>/dev/null
-exit 0
+echo "exit status: benchmark $bench, latent sweep $sweep (124: timed out)"
+exit $((bench || sweep))

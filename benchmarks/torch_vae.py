@@ -61,7 +61,13 @@ def torch_throughput(
             opt.step()
         return float(loss.detach())
 
+    def sync():
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+
     run(warmup)
+    sync()
     t = time.perf_counter()
     run(steps)
+    sync()
     return steps * batch / (time.perf_counter() - t)

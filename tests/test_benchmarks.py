@@ -1,5 +1,6 @@
 """The benchmark's own arithmetic and measurements (the benchmarks themselves are not tests)."""
 
+import pathlib
 import subprocess
 import sys
 
@@ -20,6 +21,9 @@ def test_peak_rss_is_the_childs_own():
     big = np.ones(600 * 2**20, np.uint8)  # 600 MB resident in this (parent) process
     assert own_peak_rss_mb() > 600
     code = "from benchmarks.run import own_peak_rss_mb; print(own_peak_rss_mb())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    root = pathlib.Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
     assert float(out.stdout) < 300, out.stdout  # ru_maxrss would report the parent's > 600
     del big
