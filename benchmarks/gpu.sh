@@ -22,7 +22,7 @@ timeout 120 python3 -m jaxae.train --epochs 1 --train-size 2560 --run smoke "${d
 timeout "${BENCH_TIMEOUT:-450}" python3 -m benchmarks.run --out "$out/results_gpu.json" 2>&1 |
   tee "$out/bench.log"
 bench=$?
-# The README's main job, end to end (training, per-epoch evaluation, checkpoints, IW NLL, figures).
+# The README's main job, end to end (training, per-epoch evaluation, checkpoints, figures).
 s=$(date +%s)
 timeout "${SWEEP_TIMEOUT:-240}" python3 -m experiments.latent_sweep "${dirs[@]}" 2>&1 |
   tee "$out/latent_sweep.log"
