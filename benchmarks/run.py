@@ -58,7 +58,7 @@ def _program_speed(prog, images, *, steps: int, batch: int, chunk: int = 50) -> 
     import jax
     import jax.numpy as jnp
 
-    from jaxae.train import data_keys, epoch_batches, make_chunk
+    from jaxae.step import data_keys, epoch_batches, make_chunk
 
     dk = data_keys(0)
     idx = epoch_batches(dk["perm"], 0, images.shape[0], batch)[:chunk]
@@ -84,7 +84,7 @@ def single(images, peak, *, steps: int = 400, rounds: int = 3) -> dict:
 
     from jaxae.config import ModelConfig, TrainConfig
     from jaxae.models import Model
-    from jaxae.train import init_state, model_keys, model_step, single_program
+    from jaxae.step import init_state, model_keys, model_step, single_program
 
     cfg = ModelConfig(hidden=HIDDEN, latent=20)
 
@@ -119,7 +119,7 @@ def versus_torch(images, *, rounds: int = 3, steps: int = 300) -> dict:
     """jaxae vs an idiomatic PyTorch loop of the same model, interleaved, best of rounds."""
     from benchmarks.torch_vae import torch_throughput
     from jaxae.config import ModelConfig, TrainConfig
-    from jaxae.train import single_program
+    from jaxae.step import single_program
 
     host = __import__("numpy").asarray(images)
     cfg = ModelConfig(hidden=HIDDEN, latent=20)
@@ -156,8 +156,8 @@ def sweep_vs_separate(*, epochs: int = 1) -> dict:
 
     from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
     from jaxae.runner import run
+    from jaxae.step import single_program
     from jaxae.sweep import sweep_program
-    from jaxae.train import single_program
 
     tcfg = TrainConfig(epochs=epochs)
     cfgs = [ModelConfig(hidden=HIDDEN, latent=k) for k in LATENTS]
@@ -260,7 +260,7 @@ def iw_throughput(*, k: int = 1000, batch: int = 100) -> dict:
     import jax.numpy as jnp
 
     from jaxae.config import ModelConfig
-    from jaxae.evaluate import model_iw_terms
+    from jaxae.metrics import model_iw_terms
     from jaxae.models import Model, init_params
 
     cfg = ModelConfig(hidden=HIDDEN, latent=20)

@@ -3,7 +3,7 @@
 python -m experiments.beta_sweep                        # betas 0.25..8, latent 16, 3 seeds
 """
 
-from jaxae.cli_sweep import sweep_main, sweep_parser
+from jaxae.cli.sweep import sweep_main, sweep_parser
 
 
 def main(argv=None) -> int:
@@ -11,9 +11,9 @@ def main(argv=None) -> int:
         "python -m experiments.beta_sweep",
         "Train beta-VAEs for several betas and seeds as one compiled program; write "
         "results.json/csv, beta_sweep.png (rate-distortion) and samples.png to models/<name>/.",
-        kinds=["vae"],
-        latents=[16],
-        betas=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+        kind=["vae"],
+        latent=[16],
+        beta=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
     )
     columns = (
         "test_neg_elbo",

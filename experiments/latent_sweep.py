@@ -4,7 +4,7 @@ python -m experiments.latent_sweep                      # VAE + AE, latents 2..6
 python -m experiments.latent_sweep --hidden 512 256 128 64 32 12 6 3 --latents 2 3 6 12
 """
 
-from jaxae.cli_sweep import sweep_main, sweep_parser
+from jaxae.cli.sweep import sweep_main, sweep_parser
 
 
 def main(argv=None) -> int:
@@ -12,9 +12,9 @@ def main(argv=None) -> int:
         "python -m experiments.latent_sweep",
         "Train VAEs and AEs of several latent sizes and seeds as one compiled program; "
         "write results.json/csv, latent_sweep.png and samples.png to models/<name>/.",
-        kinds=["vae", "ae"],
-        latents=[2, 4, 8, 16, 32, 64],
-        betas=[1.0],
+        kind=["vae", "ae"],
+        latent=[2, 4, 8, 16, 32, 64],
+        beta=[1.0],
     )
     return sweep_main(parser, "latent_sweep", figures=("latent",), argv=argv)
 

@@ -9,6 +9,8 @@ Names are imported lazily, so the command-line entry points answer ``--help`` wi
 starting JAX.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -16,18 +18,23 @@ _EXPORTS = {
     "TrainConfig": "jaxae.config",
     "SweepConfig": "jaxae.config",
     "Member": "jaxae.config",
+    "AXES": "jaxae.config",
+    "LIKELIHOODS": "jaxae.likelihoods",
     "Model": "jaxae.models",
     "Encoder": "jaxae.models",
     "Decoder": "jaxae.models",
     "init_params": "jaxae.models",
     "elbo_loss": "jaxae.losses",
-    "train_step": "jaxae.train",
-    "init_state": "jaxae.train",
-    "fit": "jaxae.train",
+    "train_step": "jaxae.step",
+    "init_state": "jaxae.step",
     "sweep_program": "jaxae.sweep",
-    "run_sweep": "jaxae.sweep",
-    "load": "jaxae.checkpoint",
+    "run": "jaxae.runner",
+    "fit": "jaxae.runner",
+    "fit_sweep": "jaxae.runner",
     "Checkpointer": "jaxae.checkpoint",
+    "load": "jaxae.restore",
+    "evaluate_run": "jaxae.metrics",
+    "run_sweep": "jaxae.experiment",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -35,7 +42,9 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'jaxae' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})

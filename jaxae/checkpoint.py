@@ -471,18 +471,3 @@ class Checkpointer:
                 f"checkpoint {where} is corrupt: leaf {bad} fails its sha256 check"
             )
         return state
-
-
-def load(path, step: int | None = None):
-    """Restore a jaxae run folder (one model or a sweep), ready to use.
-
-    Args:
-        path: ``models/<run>`` or one step folder in it.
-        step: a step to load instead of the latest.
-    Returns:
-        ``jaxae.restore.Loaded``: ``.members`` (name, ModelConfig, seed), ``.params(i)``
-        at member i's own latent size, ``.config`` and ``.test_metrics()``.
-    """
-    from jaxae.restore import load as load_run
-
-    return load_run(path, step)

@@ -1,7 +1,12 @@
-"""Frozen, validated configuration dataclasses.
+"""Frozen, validated configuration dataclasses and the sweep axes, declared once.
 
 Every user-facing mistake in a config raises ``ConfigError`` with one line that says what
-is wrong; the CLIs turn it into an error message and a non-zero exit.
+is wrong; the CLIs turn it into an error message and a non-zero exit. The CLI flags take
+their defaults and their checks from here. No JAX: the CLIs read this before parsing.
+
+A sweep member is (structure, per-member hyperparameters, seed). ``AXES`` says which
+fields vary across members and in which role; grouping, stacking, member names, result
+rows, aggregation over seeds, tables and the sweep CLI's flags all read that one list.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from jaxae.likelihoods import LIKELIHOODS
+
 KINDS = ("ae", "vae")
-LIKELIHOODS = ("bernoulli", "gaussian")
+# what ``jaxae.generate`` draws (``python -m jaxae.sample --mode``)
+SAMPLE_MODES = ("prior", "recon", "interpolate", "manifold", "scatter")
 
 
 class ConfigError(ValueError):
@@ -23,14 +31,58 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+# --- value checks shared by the dataclasses and the CLI flags --------------------------
+
+
+def positive_int(v) -> int:
+    """``v`` as an int > 0, else ConfigError."""
+    try:
+        i = int(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"must be a positive integer, got {v}") from None
+    _check(i > 0 and i == float(v), f"must be a positive integer, got {v}")
+    return i
+
+
+def non_negative_int(v) -> int:
+    """``v`` as an int >= 0, else ConfigError."""
+    try:
+        i = int(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"must be >= 0, got {v}") from None
+    _check(i >= 0, f"must be >= 0, got {v}")
+    return i
+
+
+def non_negative_float(v) -> float:
+    """``v`` as a float >= 0 (not NaN), else ConfigError."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"must be >= 0, got {v}") from None
+    _check(f >= 0, f"must be >= 0, got {v}")
+    return f
+
+
+def _field_check(name: str, check, value):
+    try:
+        return check(value)
+    except ConfigError as e:
+        raise ConfigError(f"{name} {e}") from None
+
+
+# --- one model ----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One model: an MLP autoencoder or VAE on flattened images.
 
     ``hidden`` are the encoder's hidden widths (the decoder mirrors them); ``latent`` is the
-    size of z. ``likelihood`` is ``bernoulli`` (decoder outputs logits, pixels binarized,
-    recon in nats) or ``gaussian`` (decoder outputs sigmoid means, recon is the per-example
-    sum of squared errors, i.e. -log N(x; mean, I/2) without its constant).
+    size of z; ``likelihood`` names an entry of ``jaxae.likelihoods.LIKELIHOODS``
+    (``bernoulli``: logits, binarized pixels, recon in nats; ``gaussian``: the seed's
+    squared error); ``beta`` weights the KL term (a hyperparameter: under a sweep it is
+    an array the step reads, not part of the model's structure).
     """
 
     kind: str = "vae"
@@ -46,13 +98,12 @@ class ModelConfig:
         _check(self.kind in KINDS, f"kind must be one of {KINDS}, got {self.kind!r}")
         _check(
             self.likelihood in LIKELIHOODS,
-            f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}",
+            f"likelihood must be one of {tuple(LIKELIHOODS)}, got {self.likelihood!r}",
         )
-        _check(
-            all(h > 0 for h in self.hidden), f"hidden widths must be positive, got {self.hidden}"
-        )
-        _check(int(self.latent) > 0, f"latent size must be positive, got {self.latent}")
-        _check(float(self.beta) >= 0, f"beta must be >= 0, got {self.beta}")
+        for h in self.hidden:
+            _field_check("hidden widths", positive_int, h)
+        _field_check("latent", positive_int, self.latent)
+        _field_check("beta", non_negative_float, self.beta)
         _check(len(self.image_shape) == 3, "image_shape must be (H, W, C)")
 
     @property
@@ -64,6 +115,11 @@ class ModelConfig:
     def name(self) -> str:
         widths = "-".join(str(w) for w in (self.features, *self.hidden, self.latent))
         return f"{self.kind}-{self.likelihood}-{widths}-beta{self.beta:g}"
+
+
+def default_likelihood(kind: str) -> str:
+    """Bernoulli for a VAE (the benchmark setting), squared error for an AE (the seed's)."""
+    return "bernoulli" if kind == "vae" else "gaussian"
 
 
 @dataclass(frozen=True)
@@ -98,22 +154,96 @@ class TrainConfig:
         )
 
 
+# --- sweep axes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A field that varies across the members of a sweep.
+
+    Attributes:
+        name: a ``ModelConfig`` field, or ``"seed"`` (the member's model seed).
+        role: ``"structure"`` (members that differ form different groups),
+            ``"padded"`` (stacked in one group, padded to the group's largest value
+            with a mask), ``"hyper"`` (stacked in one group; the traced step reads it
+            as a per-member array) or ``"seed"``.
+        flag: the sweep CLI's flag; ``values`` gives it a list, ``--seeds N`` a count.
+        check: converts and validates one value (raises ConfigError).
+        kinds: the model kinds the axis applies to; other kinds take the field's
+            default and collapse the axis (an AE has no beta).
+        help: the flag's help text.
+        choices: the values allowed, when they are a closed set.
+    """
+
+    name: str
+    role: str
+    flag: str
+    check: object
+    kinds: tuple[str, ...] = KINDS
+    help: str = ""
+    choices: tuple | None = None
+
+    def value(self, member: Member):
+        return member.seed if self.name == "seed" else getattr(member.model, self.name)
+
+    def label(self, v) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+AXES: tuple[Axis, ...] = (
+    Axis("kind", "structure", "--kinds", str, help="model kinds", choices=KINDS),
+    Axis("latent", "padded", "--latents", positive_int, help="latent sizes"),
+    Axis(
+        "beta",
+        "hyper",
+        "--betas",
+        non_negative_float,
+        kinds=("vae",),
+        help="KL weights (VAE members; AE members ignore beta)",
+    ),
+    Axis("seed", "seed", "--seeds", positive_int, help="seeds 0..N-1 per configuration"),
+)
+
+HYPER = tuple(a.name for a in AXES if a.role == "hyper")  # per-member arrays of the step
+PADDED = tuple(a.name for a in AXES if a.role == "padded")
+
+
+def structure(cfg: ModelConfig) -> tuple:
+    """The group key: every model field except the padded and hyper axes.
+
+    Two members with equal keys share one architecture and are stacked; a new structural
+    field of ``ModelConfig`` joins the key without being listed anywhere.
+    """
+    return tuple(
+        (f.name, getattr(cfg, f.name))
+        for f in dataclasses.fields(cfg)
+        if f.name not in PADDED + HYPER
+    )
+
+
 @dataclass(frozen=True)
 class Member:
-    """One model of a sweep: its structure, beta and seed."""
+    """One model of a sweep: its config (structure and hyperparameters) and its seed."""
 
     model: ModelConfig
     seed: int = 0
 
     @property
     def name(self) -> str:
-        m = self.model
-        return f"{m.kind},latent={m.latent},beta={m.beta:g},seed={self.seed}"
+        """``vae,latent=8,beta=1,seed=0``: the first axis bare, the others as key=value."""
+        first, *rest = AXES
+        parts = [first.label(first.value(self))]
+        parts += [f"{a.name}={a.label(a.value(self))}" for a in rest]
+        return ",".join(parts)
+
+    def axes(self) -> dict:
+        """{axis name: value} of this member (the columns of a result row)."""
+        return {a.name: a.value(self) for a in AXES}
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """Many models trained together: members share the data, widths and optimiser."""
+    """Many models trained together: members share the data and the optimiser."""
 
     members: tuple[Member, ...] = field(default_factory=tuple)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -125,6 +255,45 @@ class SweepConfig:
         _check(len(set(names)) == len(names), "sweep members must be distinct")
         shapes = {m.model.image_shape for m in self.members}
         _check(len(shapes) == 1, "all sweep members must share one image shape")
+
+
+def grid(
+    base: ModelConfig, values: dict[str, list], seeds: int, likelihoods: dict | None = None
+) -> tuple[Member, ...]:
+    """Every combination of the axes' values, one member each, in ``AXES`` order.
+
+    Args:
+        base: the fields no axis sets (e.g. the hidden widths).
+        values: {axis name: list of values} for the non-seed axes; missing axes keep
+            ``base``'s value.
+        seeds: members get seeds 0..seeds-1.
+        likelihoods: {kind: likelihood name}; default ``default_likelihood(kind)``.
+    Returns:
+        the members; an axis that does not apply to a member's kind collapses to the
+        field's default, and duplicates are dropped.
+    """
+    defaults = ModelConfig()
+    combos = [{}]
+    for a in AXES:
+        if a.name == "seed":
+            continue
+        vals = values.get(a.name, [getattr(base, a.name)])
+        combos = [{**c, a.name: v} for c in combos for v in dict.fromkeys(vals)]
+    members = {}
+    for c in combos:
+        kind = c.get("kind", base.kind)
+        for a in AXES:
+            if a.name in c and kind not in a.kinds:
+                c[a.name] = getattr(defaults, a.name)
+        lik = (likelihoods or {}).get(kind) or default_likelihood(kind)
+        cfg = dataclasses.replace(base, likelihood=lik, **c)
+        for s in range(seeds):
+            m = Member(cfg, s)
+            members.setdefault(m.name, m)
+    return tuple(members.values())
+
+
+# --- JSON round trips ------------------------------------------------------------------------
 
 
 def to_dict(cfg) -> dict:

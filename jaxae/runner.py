@@ -1,20 +1,18 @@
 """The training loop shared by single runs and sweeps.
 
-A ``Program`` is whatever is trained — one model, or a sweep's groups of stacked
-members — seen through a few pure functions. ``run`` owns the orchestration: epochs
-and chunks, compile timing, progress bar, summaries, evaluation, checkpoints, resume,
-signals and the non-finite guard.
+A ``Program`` (``jaxae.step``) is whatever is trained — one model, or a sweep's groups of
+stacked members — seen through a few pure functions. ``run`` owns the orchestration:
+epochs and chunks, compile timing, progress bar, summaries, evaluation, checkpoints,
+resume, signals and the non-finite guard. ``fit`` and ``fit_sweep`` build the Program.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import shutil
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -24,15 +22,18 @@ from tqdm.auto import tqdm
 
 from jaxae import data as jdata
 from jaxae.checkpoint import Checkpointer
-from jaxae.config import TrainConfig
-from jaxae.summary import Summaries
-from jaxae.train import (
-    _jit_epoch_batches,
+from jaxae.config import ModelConfig, SweepConfig, TrainConfig
+from jaxae.step import (
+    Program,
     check_finite,
     chunk_size,
     data_keys,
+    jit_epoch_batches,
     make_chunk,
+    single_program,
 )
+from jaxae.summary import Summaries
+from jaxae.sweep import sweep_program
 
 
 class RunError(RuntimeError):
@@ -45,19 +46,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int, step: int):
         super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved")
         self.signum, self.step = signum, step
-
-
-@dataclasses.dataclass
-class Program:
-    """What ``run`` trains. Metrics and evaluations carry a trailing member axis (M,)."""
-
-    names: list[str]
-    state: object
-    hyper: object
-    step: Callable  # step(state, h, x, s, bkey) -> (state, metrics)
-    evaluate: Callable  # evaluate(state, h, test) -> {name: (M,)}
-    images: Callable  # images(state, h, x_test) -> {name: (M, n, H, W, C)}
-    config: dict
 
 
 def load_images(dataset: str, split: str) -> np.ndarray:
@@ -114,11 +102,15 @@ class _Signals:
             signal.signal(s, h)
 
 
+# --- the loop ---------------------------------------------------------------------------
+
+
 def run(
     prog: Program,
     tcfg: TrainConfig,
     run: str,
     *,
+    data: tuple | None = None,
     models_dir="models",
     runs_dir="runs",
     resume=False,
@@ -126,125 +118,172 @@ def run(
     progress=True,
     drop_nonfinite=False,
 ) -> dict:
-    """Train ``prog`` for ``tcfg.epochs`` epochs; returns final metrics and timings."""
+    """Train ``prog`` for ``tcfg.epochs`` epochs; returns final metrics and timings.
+
+    Args:
+        prog: one model (``step.single_program``) or a sweep (``sweep.sweep_program``).
+        tcfg: the training config (its ``dataset`` is ignored when ``data`` is given).
+        run: run name: checkpoints in ``models_dir/run``, summaries in ``runs_dir/run``.
+        data: ``(train_x, test_x)`` uint8 arrays (N, F) to train on instead of loading
+            ``tcfg.dataset`` (tests and benchmarks drive the real loop on small data).
+        resume: continue from the run's latest checkpoint; overwrite: start it again.
+        drop_nonfinite: a member whose loss turns NaN/Inf is dropped, the others go on.
+    Returns:
+        dict with ``members``, ``steps``, ``test`` and ``train`` metrics (lists over
+        members), ``timing``, ``dropped``, ``checkpoint`` and ``logs`` paths.
+    """
     # --- data first: bad input fails before anything is written ---
-    train_x = load_images(tcfg.dataset, "train")[: tcfg.train_size]
-    test_x = load_images(tcfg.dataset, "test")
-    n = train_x.shape[0]
-    if tcfg.batch_size > n:
-        raise RunError(f"batch size {tcfg.batch_size} is larger than the dataset ({n} examples)")
-    train_x = jnp.asarray(train_x)
+    train_x, test_x = _data(tcfg, data)
     models_dir, runs_dir = Path(models_dir).resolve(), Path(runs_dir).resolve()
     ckpt_dir, log_dir, lock = prepare_run_dir(
         models_dir, runs_dir, run, resume=resume, overwrite=overwrite
     )
     try:
-        dropped = {} if drop_nonfinite else None
-        return _train(
-            prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress, dropped
-        )
+        mgr = Checkpointer(ckpt_dir, max_to_keep=tcfg.max_to_keep)
+        state, last_epoch = _start(prog, mgr, resume)
+        config = {**prog.config, "run": run, "members": prog.names}
+        summaries = Summaries(log_dir, prog.names, hparams=config)
+        s = global_step(state)
+        spe = train_x.shape[0] // tcfg.batch_size
+        if resume and not last_epoch and s:  # checkpoints of older runs: read the logs
+            last_epoch = summaries.epoch_means(s - min(spe, s), s)
+        loop = _Loop(prog, tcfg, train_x, test_x, mgr, summaries, config)
+        loop.last_epoch, loop.dropped = last_epoch, ({} if drop_nonfinite else None)
+        compile_s = loop.compile(state)
+        state = loop.train(state, progress)
+        prog.state = state
+        result = loop.result(run, ckpt_dir, log_dir, compile_s)
+        (ckpt_dir / "results.json").write_text(json.dumps(result, indent=1))
+        return result
     finally:
         lock.close()
 
 
-def _train(prog, tcfg, run, ckpt_dir, log_dir, train_x, test_x, resume, progress, dropped):
+def _data(tcfg: TrainConfig, data) -> tuple:
+    """(train_x on the device, test_x on the host), uint8 (N, F); checks the batch size."""
+    if data is None:
+        data = load_images(tcfg.dataset, "train"), load_images(tcfg.dataset, "test")
+    train_x, test_x = (np.asarray(a).reshape(a.shape[0], -1) for a in data)
+    train_x = train_x[: tcfg.train_size]
     n = train_x.shape[0]
-    spe = n // tcfg.batch_size
-    total = spe * tcfg.epochs
-    c = chunk_size(spe, tcfg.chunk)
-    dk = data_keys(tcfg.data_seed)
-    batches = _jit_epoch_batches(n, tcfg.batch_size)
+    if tcfg.batch_size > n:
+        raise RunError(f"batch size {tcfg.batch_size} is larger than the dataset ({n} examples)")
+    return jnp.asarray(train_x), test_x
 
-    # --- checkpoint: fresh or resumed ---
-    mgr = Checkpointer(ckpt_dir, max_to_keep=tcfg.max_to_keep)
-    state, last_epoch = prog.state, {}
-    if resume and mgr.latest_step() is not None:
-        state = mgr.restore(jax.eval_shape(lambda: state))
-        # the last finished epoch's train means travel in the checkpoint's config
-        saved_means = mgr.read_config().get("last_epoch", {})
-        last_epoch = {k: np.asarray(v) for k, v in saved_means.items()}
-    s = global_step(state)
-    config = {**prog.config, "run": run, "members": prog.names}
-    summaries = Summaries(log_dir, prog.names, hparams=config)
-    if resume and not last_epoch and s:  # checkpoints of older runs: read the logs instead
-        last_epoch = summaries.epoch_means(s - min(spe, s), s)
 
-    # --- compile once, timed apart from training ---
-    chunk = make_chunk(prog.step, binarize_key=dk["binarize"])
-    t0 = time.perf_counter()
-    idx0 = jnp.zeros((c, tcfg.batch_size), jnp.int32)
-    compiled = (
-        jax.jit(chunk, donate_argnums=0)
-        .lower(state, prog.hyper, train_x, idx0, jnp.int32(0))
-        .compile()
-    )
-    evaluate = jax.jit(prog.evaluate)
-    images = jax.jit(prog.images)
-    compile_s = time.perf_counter() - t0
+def _start(prog: Program, mgr: Checkpointer, resume: bool) -> tuple:
+    """(state, last epoch's train means): fresh, or restored from the latest checkpoint."""
+    if not (resume and mgr.latest_step() is not None):
+        return prog.state, {}
+    state = mgr.restore(jax.eval_shape(lambda: prog.state))
+    # the last finished epoch's train means travel in the checkpoint's config
+    saved_means = mgr.read_config().get("last_epoch", {})
+    return state, {k: np.asarray(v) for k, v in saved_means.items()}
 
-    # --- train ---
-    train_s, steps_run, epoch_idx, evals = 0.0, 0, None, None
-    epoch_sums, epoch_n, saved = {}, 0, s
-    bar = tqdm(total=total, initial=s, disable=not progress, unit="step", dynamic_ncols=True)
-    # Pending saves always finish: a crash or a signal keeps the last good checkpoint.
-    with mgr, summaries, bar, _Signals() as sig:
-        while s < total:
-            e, j = divmod(s, spe)
-            if epoch_idx is None or j == 0:
-                epoch_idx = batches(dk["perm"], e)
-            t = time.perf_counter()
-            state, m = compiled(state, prog.hyper, train_x, epoch_idx[j : j + c], jnp.int32(s))
-            m = {k: np.asarray(v).reshape(c, -1) for k, v in m.items()}
-            train_s += time.perf_counter() - t
-            check_finite(m, s, prog.names, dropped)
-            s, steps_run = s + c, steps_run + c
-            for k, v in m.items():
-                epoch_sums[k] = epoch_sums.get(k, 0.0) + v.sum(0)
-            epoch_n += c
-            summaries.scalars(s, {f"train/{k}": v.mean(0) for k, v in m.items()})
-            bar.update(c)
-            bar.set_postfix(epoch=e + 1, loss=f"{float(m['loss'].mean()):.2f}")
-            if s % spe == 0 or s == total:
-                last_epoch = {k: v / epoch_n for k, v in epoch_sums.items()}
-                epoch_sums, epoch_n = {}, 0
-                evals = _evaluate(evaluate, state, prog, test_x)
-                summaries.scalars(s, {f"test/{k}": v for k, v in evals.items()})
-                summaries.images(
-                    s, jax.device_get(images(state, prog.hyper, jnp.asarray(test_x[:32])))
-                )
-                config["last_epoch"] = {k: v.tolist() for k, v in last_epoch.items()}
-                mgr.save(s, state, config)
-                saved = s
-            if sig.signum is not None:
-                if saved != s:
-                    mgr.save(s, state, config)
-                raise Interrupted(sig.signum, s)
-        if saved != s:
-            mgr.save(s, state, config)
-    if evals is None:
-        evals = _evaluate(evaluate, state, prog, test_x)
-    speed = steps_run * tcfg.batch_size / train_s if train_s else float("nan")
-    timing = {
-        "compile_s": compile_s,
-        "train_s": train_s,
-        "steps": steps_run,
-        "examples_per_s": speed,
-        "member_examples_per_s": speed * len(prog.names),
-    }
-    result = {
-        "run": run,
-        "members": prog.names,
-        "steps": s,
-        "test": {k: v.tolist() for k, v in evals.items()},
-        "train": {k: v.tolist() for k, v in last_epoch.items()},
-        "timing": timing,
-        "dropped": dropped or {},
-        "checkpoint": str(ckpt_dir),
-        "logs": str(log_dir),
-    }
-    (ckpt_dir / "results.json").write_text(json.dumps(result, indent=1))
-    prog.state = state
-    return result
+
+class _Loop:
+    """One run's epoch loop: compiled functions, running means and the save policy."""
+
+    def __init__(self, prog, tcfg, train_x, test_x, mgr, summaries, config):
+        self.prog, self.tcfg, self.mgr, self.summaries = prog, tcfg, mgr, summaries
+        self.train_x, self.test_x, self.config = train_x, test_x, config
+        self.spe = train_x.shape[0] // tcfg.batch_size
+        self.total = self.spe * tcfg.epochs
+        self.c = chunk_size(self.spe, tcfg.chunk)
+        self.dk = data_keys(tcfg.data_seed)
+        self.batches = jit_epoch_batches(train_x.shape[0], tcfg.batch_size)
+        self.train_s, self.steps_run, self.evals = 0.0, 0, None
+        self.sums, self.n, self.epoch_idx = {}, 0, None
+
+    def compile(self, state) -> float:
+        """Compile the chunk, evaluation and image functions once; returns seconds."""
+        t0 = time.perf_counter()
+        chunk = make_chunk(self.prog.step, binarize_key=self.dk["binarize"])
+        idx0 = jnp.zeros((self.c, self.tcfg.batch_size), jnp.int32)
+        args = (state, self.prog.hyper, self.train_x, idx0, jnp.int32(0))
+        self.chunk = jax.jit(chunk, donate_argnums=0).lower(*args).compile()
+        self.evaluate = jax.jit(self.prog.evaluate)
+        self.images = jax.jit(self.prog.images)
+        return time.perf_counter() - t0
+
+    def train(self, state, progress: bool):
+        """Run chunks until the last step; save each epoch and on a signal."""
+        s = saved = global_step(state)
+        bar = tqdm(total=self.total, initial=s, disable=not progress, unit="step")
+        # Pending saves always finish: a crash or a signal keeps the last good checkpoint.
+        with self.mgr, self.summaries, bar, _Signals() as sig:
+            while s < self.total:
+                state, m = self.run_chunk(state, s)
+                s += self.c
+                bar.update(self.c)
+                bar.set_postfix(epoch=-(-s // self.spe), loss=f"{float(m['loss'].mean()):.2f}")
+                if s % self.spe == 0 or s == self.total:
+                    self.end_epoch(state, s)
+                    saved = s
+                if sig.signum is not None:
+                    if saved != s:
+                        self.mgr.save(s, state, self.config)
+                    raise Interrupted(sig.signum, s)
+            if saved != s:
+                self.mgr.save(s, state, self.config)
+        if self.evals is None:
+            self.evals = self.run_evaluate(state)
+        self.steps = s
+        return state
+
+    def run_chunk(self, state, s: int):
+        """``self.c`` steps from global step s: train, check, log; returns (state, metrics)."""
+        e, j = divmod(s, self.spe)
+        if j == 0 or self.epoch_idx is None:
+            self.epoch_idx = self.batches(self.dk["perm"], e)
+        t = time.perf_counter()
+        idx = self.epoch_idx[j : j + self.c]
+        state, m = self.chunk(state, self.prog.hyper, self.train_x, idx, jnp.int32(s))
+        m = {k: np.asarray(v).reshape(self.c, -1) for k, v in m.items()}
+        self.train_s += time.perf_counter() - t
+        check_finite(m, s, self.prog.names, self.dropped)
+        self.steps_run += self.c
+        for k, v in m.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.sum(0)
+        self.n += self.c
+        self.summaries.scalars(s + self.c, {f"train/{k}": v.mean(0) for k, v in m.items()})
+        return state, m
+
+    def end_epoch(self, state, s: int) -> None:
+        """Train means, test metrics, image grids and a checkpoint at the epoch's end."""
+        self.last_epoch = {k: v / self.n for k, v in self.sums.items()}
+        self.sums, self.n = {}, 0
+        self.evals = self.run_evaluate(state)
+        self.summaries.scalars(s, {f"test/{k}": v for k, v in self.evals.items()})
+        x = jnp.asarray(self.test_x[:32])
+        self.summaries.images(s, jax.device_get(self.images(state, self.prog.hyper, x)))
+        self.config["last_epoch"] = {k: v.tolist() for k, v in self.last_epoch.items()}
+        self.mgr.save(s, state, self.config)
+
+    def run_evaluate(self, state) -> dict:
+        out = self.evaluate(state, self.prog.hyper, jnp.asarray(self.test_x))
+        return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in out.items()}
+
+    def result(self, run: str, ckpt_dir, log_dir, compile_s: float) -> dict:
+        speed = self.steps_run * self.tcfg.batch_size / self.train_s if self.train_s else np.nan
+        timing = {
+            "compile_s": compile_s,
+            "train_s": self.train_s,
+            "steps": self.steps_run,
+            "examples_per_s": speed,
+            "member_examples_per_s": speed * len(self.prog.names),
+        }
+        return {
+            "run": run,
+            "members": self.prog.names,
+            "steps": self.steps,
+            "test": {k: v.tolist() for k, v in self.evals.items()},
+            "train": {k: v.tolist() for k, v in self.last_epoch.items()},
+            "timing": timing,
+            "dropped": self.dropped or {},
+            "checkpoint": str(ckpt_dir),
+            "logs": str(log_dir),
+        }
 
 
 def global_step(state) -> int:
@@ -255,6 +294,20 @@ def global_step(state) -> int:
     raise ValueError("state has no step counter")
 
 
-def _evaluate(evaluate, state, prog: Program, test_x) -> dict:
-    out = evaluate(state, prog.hyper, jnp.asarray(test_x))
-    return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in out.items()}
+# --- entry points of the library ----------------------------------------------------------
+
+
+def fit(cfg: ModelConfig, tcfg: TrainConfig, name: str, **kwargs) -> dict:
+    """Train one model; checkpoints in ``models/<run>``, summaries in ``runs/<run>``.
+
+    Keyword arguments go to ``run`` (``data=``, ``models_dir=``, ``resume=``, ...).
+    Returns:
+        the runner's result dict (test metrics, timings, paths).
+    """
+    return run(single_program(cfg, tcfg), tcfg, name, **kwargs)
+
+
+def fit_sweep(sweep: SweepConfig, name: str, **kwargs) -> tuple[dict, Program]:
+    """Train every member of ``sweep`` as one compiled program; returns (result, program)."""
+    prog = sweep_program(sweep)
+    return run(prog, sweep.train, name, **kwargs), prog

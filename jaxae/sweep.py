@@ -1,6 +1,7 @@
 """Many models as one compiled program: stacked members under ``jax.vmap``.
 
-Members with the same structure (kind, likelihood, widths) form a group. Within a group
+Members with the same structure (``config.structure``: every model field except the
+padded and hyperparameter axes) form a group. Within a group
 every member is padded to the group's largest latent size D and carries a 0/1 mask; it is
 initialised at its true size k and zero-padded, so it trains exactly like a standalone
 latent-k model (masked weights get zero gradients, and Adam leaves them at zero). All
@@ -15,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae.config import Member, ModelConfig, SweepConfig, to_dict
+from jaxae.config import PADDED, Member, ModelConfig, SweepConfig, structure, to_dict
 from jaxae.models import Model
-from jaxae.train import (
+from jaxae.step import (
+    Program,
     init_state,
     make_evaluate,
     make_optimizer,
@@ -38,16 +40,19 @@ class Group:
 
 
 def group_members(members) -> list[Group]:
-    """Group members by (kind, likelihood, hidden, image shape), in first-seen order."""
+    """Group members by ``structure`` of their config, in first-seen order.
+
+    The group's config is the first member's with every padded axis (the latent size) at
+    the group's largest value; its hyperparameter fields are not read by traced code
+    (each member's come in through ``model_hyper``).
+    """
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(members):
-        c = m.model
-        groups.setdefault((c.kind, c.likelihood, c.hidden, c.image_shape), []).append(i)
+        groups.setdefault(structure(m.model), []).append(i)
     out = []
     for idx in groups.values():
-        first = members[idx[0]].model
-        latent = max(members[i].model.latent for i in idx)
-        out.append(Group(dataclasses.replace(first, latent=latent, beta=1.0), tuple(idx)))
+        padded = {f: max(getattr(members[i].model, f) for i in idx) for f in PADDED}
+        out.append(Group(dataclasses.replace(members[idx[0]].model, **padded), tuple(idx)))
     return out
 
 
@@ -129,8 +134,6 @@ def sweep_shapes(sweep: SweepConfig) -> tuple:
 
 def sweep_program(sweep: SweepConfig):
     """A runner Program training every member of the sweep in one scanned step."""
-    from jaxae.runner import Program
-
     tcfg, members = sweep.train, sweep.members
     tx = make_optimizer(tcfg)
     groups = group_members(members)
@@ -190,113 +193,3 @@ def member_params(prog_state, sweep: SweepConfig, i: int):
             )
             return jax.tree.map(lambda a, s: a[tuple(slice(0, n) for n in s.shape)], padded, shapes)
     raise IndexError(f"no member {i}")
-
-
-# --- running a sweep and tabulating it ------------------------------------------------
-
-
-def member_rows(sweep: SweepConfig, result: dict, evals: list[dict]) -> list[dict]:
-    """One row per member: config, final train and test metrics, ``jaxae.evaluate`` extras."""
-    rows = []
-    for i, m in enumerate(sweep.members):
-        c = m.model
-        row = {
-            "member": m.name,
-            "kind": c.kind,
-            "likelihood": c.likelihood,
-            "latent": c.latent,
-            "beta": c.beta,
-            "seed": m.seed,
-        }
-        row.update({f"train_{k}": v[i] for k, v in result["train"].items()})
-        row.update({f"test_{k}": v[i] for k, v in result["test"].items()})
-        if c.kind == "vae":  # the beta-free bound, comparable across betas
-            row["test_neg_elbo"] = row["test_recon"] + row["test_kl"]
-        extra = ("pca_mse", "active_units", "sample_entropy", "nll_iw", "neg_elbo_k", "k")
-        row.update({k: evals[i][k] for k in extra if k in evals[i]})
-        rows.append(row)
-    return rows
-
-
-def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds of every metric, per (kind, latent, beta)."""
-    keys = ("kind", "likelihood", "latent", "beta")
-    buckets: dict[tuple, list[dict]] = {}
-    for r in rows:
-        buckets.setdefault(tuple(r[k] for k in keys), []).append(r)
-    out = []
-    for key, rs in buckets.items():
-        agg = dict(zip(keys, key, strict=True))
-        agg["seeds"] = len(rs)
-        for k in rs[0]:
-            if k.startswith(("train_", "test_")) or k in (
-                "pca_mse",
-                "active_units",
-                "nll_iw",
-                "sample_entropy",
-            ):
-                vals = np.array([r[k] for r in rs], np.float64)
-                agg[k] = float(vals.mean())
-                agg[f"{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-        out.append(agg)
-    return out
-
-
-def write_tables(out_dir, rows: list[dict], summary: list[dict], extra: dict) -> None:
-    """results.json (members, summary over seeds, timings) and results.csv (members)."""
-    import csv
-    import json
-    from pathlib import Path
-
-    out_dir = Path(out_dir)
-    doc = {**extra, "members": rows, "summary": summary}
-    (out_dir / "results.json").write_text(json.dumps(doc, indent=1))
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def run_sweep(
-    sweep: SweepConfig, name: str, *, figures=("latent",), eval_k: int = 0, log=print, **kwargs
-):
-    """Train a sweep, evaluate the saved checkpoint with ``jaxae.evaluate``, then write
-    results.json/csv and figures next to it.
-
-    Returns:
-        (result, rows, summary): the runner's result, per-member rows, mean/std over seeds.
-    """
-    from pathlib import Path
-
-    from jaxae import plots
-    from jaxae.checkpoint import load
-    from jaxae.evaluate import evaluate_run
-    from jaxae.runner import load_images, run
-
-    prog = sweep_program(sweep)
-    result = run(prog, sweep.train, name, **kwargs)
-    out = Path(result["checkpoint"])
-    evals = evaluate_run(load(out), k=eval_k, progress=kwargs.get("progress", True))
-    rows = member_rows(sweep, result, evals)
-    summary = aggregate(rows)
-    extra = {
-        "timing": result["timing"],
-        "steps": result["steps"],
-        "dataset": sweep.train.dataset,
-        "dropped": result["dropped"],
-    }
-    write_tables(out, rows, summary, extra)
-    if "latent" in figures:
-        plots.latent_curves(summary, out / "latent_sweep.png")
-    if "beta" in figures:
-        plots.rate_distortion(summary, out / "beta_sweep.png")
-    test = jnp.asarray(load_images(sweep.train.dataset, "test")[:32])
-    imgs = jax.device_get(jax.jit(prog.images)(prog.state, prog.hyper, test))
-    plots.sheet(
-        [m.name for m in sweep.members],
-        [plots.tile(s[:16]) for s in np.asarray(imgs["samples"])],
-        out / "samples.png",
-        title="decoded prior samples, one panel per member",
-    )
-    log(f"wrote results.json, results.csv and figures to {out}")
-    return result, rows, summary

@@ -132,7 +132,7 @@ def test_scatter_and_evaluate(ckpts, tmp_path):
 
 LOAD = """
 import json, sys
-from jaxae.checkpoint import load
+from jaxae.restore import load
 run = load(sys.argv[1])
 print(json.dumps(run.test_metrics()))
 """

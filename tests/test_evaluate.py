@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 from helpers import tiny_model
 
-from jaxae.evaluate import iw_bound, log_weights, model_iw_terms, pca_mse
 from jaxae.losses import gaussian_log_density
+from jaxae.metrics import iw_bound, log_weights, model_iw_terms, pca_mse
 from jaxae.models import Model, init_params
 from jaxae.sweep import pad_to
 

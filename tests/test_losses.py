@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import losses
+from jaxae import likelihoods, losses
 
 
 def test_kl_of_prior_with_itself_is_zero():
@@ -18,12 +18,12 @@ def test_kl_by_hand():
 
 def test_bernoulli_two_pixels_by_hand():
     # p = (sigmoid(0), sigmoid(ln 3)) = (1/2, 3/4); x = (1, 0): -log(1/2) - log(1/4) = ln 8
-    nll = losses.bernoulli_nll(jnp.array([[0.0, np.log(3.0)]]), jnp.array([[1.0, 0.0]]))
+    nll = likelihoods.bernoulli_nll(jnp.array([[0.0, np.log(3.0)]]), jnp.array([[1.0, 0.0]]))
     np.testing.assert_allclose(nll, [np.log(8.0)], rtol=1e-6)
 
 
 def test_squared_error_by_hand():
-    se = losses.squared_error(jnp.array([[0.0, 0.0]]), jnp.array([[1.0, 0.0]]))
+    se = likelihoods.squared_error(jnp.array([[0.0, 0.0]]), jnp.array([[1.0, 0.0]]))
     np.testing.assert_allclose(se, [0.25 + 0.25], rtol=1e-6)
 
 

@@ -13,10 +13,11 @@ import pytest
 from helpers import ROOT, run_cli, tiny_model, tiny_train
 
 from jaxae import sweep as jsweep
-from jaxae.checkpoint import Checkpointer, load
+from jaxae.checkpoint import Checkpointer
 from jaxae.config import Member, SweepConfig
+from jaxae.restore import load
 from jaxae.runner import run
-from jaxae.train import NonFiniteError, single_program
+from jaxae.step import NonFiniteError, single_program
 
 TRAIN = ["jaxae.train", "--hidden", "16", "--train-size", "640", "--no-progress", "--chunk", "1"]
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from helpers import run_cli, run_py, tiny_model, tiny_train
 
+from jaxae import step as train
 from jaxae import sweep as jsweep
-from jaxae import train
 from jaxae.config import ConfigError, Member, SweepConfig
 from jaxae.runner import run
 

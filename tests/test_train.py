@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from helpers import tiny_model, tiny_train
 
-from jaxae import train
+from jaxae import step as train
 from jaxae.runner import run
 from jaxae.summary import read_scalars
 

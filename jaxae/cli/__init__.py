@@ -1,57 +1,77 @@
-"""Argument parsing and error handling shared by the command-line entry points.
+"""The command-line layer: one module per command, and the flag plumbing they share.
 
-Nothing here imports JAX at module level, so ``--help`` answers at once.
+Commands: ``python -m jaxae.train`` (``cli.train``), ``python -m jaxae.sample``
+(``cli.sample``), ``python -m jaxae.evaluate`` (``cli.evaluate``) and the sweep
+experiments (``cli.sweep``). Flag defaults and checks come from ``jaxae.config``; this
+layer imports only JAX-free modules at import time, so ``--help`` answers at once, and
+the library inside each command's ``main``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
+
+from jaxae import config
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``error: ... (see --help)`` and exit status 2."""
+    """argparse with defaults in ``--help`` and one-line errors (exit status 2)."""
+
+    def __init__(self, **kw):
+        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(s: str) -> int:
-    v = int(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
+def checked(check):
+    """An argparse ``type`` from a ``jaxae.config`` check (its message becomes the error)."""
+
+    def convert(s: str):
+        try:
+            return check(s)
+        except config.ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = check.__name__
+    return convert
 
 
-def non_negative_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
+positive_int = checked(config.positive_int)
+non_negative_int = checked(config.non_negative_int)
+non_negative_float = checked(config.non_negative_float)
 
 
-def non_negative_float(s: str) -> float:
-    v = float(s)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
+def default(cls, name: str):
+    """The default of field ``name`` of config dataclass ``cls`` (the one source)."""
+    return next(f.default for f in fields(cls) if f.name == name)
 
 
-def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 10) -> None:
+def add_train_flags(p: argparse.ArgumentParser, *, epochs: int | None = None) -> None:
     """Flags shared by every command that trains: data, optimiser, length, output."""
+    t = config.TrainConfig
     g = p.add_argument_group("training")
     g.add_argument(
         "--dataset",
-        default="mnist",
+        default=default(t, "dataset"),
         help="mnist, fashion_mnist or tfds:NAME (a prepared TFDS dataset)",
     )
-    g.add_argument("--epochs", type=positive_int, default=epochs, help="passes over the data")
-    g.add_argument("--batch-size", type=positive_int, default=128)
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=epochs or default(t, "epochs"),
+        help="passes over the data",
+    )
+    g.add_argument(
+        "--batch-size", type=positive_int, default=default(t, "batch_size"), help="batch size"
+    )
+    g.add_argument("--lr", type=float, default=default(t, "lr"), help="Adam learning rate")
     g.add_argument(
         "--data-seed",
         type=int,
-        default=0,
+        default=default(t, "data_seed"),
         help="seed of the data order and binarization (shared by all members)",
     )
     g.add_argument(
@@ -62,13 +82,13 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 10) -> None:
     g.add_argument(
         "--train-size",
         type=positive_int,
-        default=None,
-        help="train on the first N examples only (quick runs)",
+        default=default(t, "train_size"),
+        help="train on the first N examples only (quick runs; default: all)",
     )
     g.add_argument(
         "--chunk",
         type=positive_int,
-        default=100,
+        default=default(t, "chunk"),
         help="steps per compiled call (progress bar granularity)",
     )
     o = p.add_argument_group("output")
@@ -79,10 +99,8 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 10) -> None:
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def train_config(args, *, seed: int = 0):
-    from jaxae.config import TrainConfig
-
-    return TrainConfig(
+def train_config(args, *, seed: int = 0) -> config.TrainConfig:
+    return config.TrainConfig(
         dataset=args.dataset,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -96,6 +114,7 @@ def train_config(args, *, seed: int = 0):
 
 
 def run_kwargs(args) -> dict:
+    """Keyword arguments of ``jaxae.runner.run`` from the output flags."""
     return {
         "models_dir": args.models_dir,
         "runs_dir": args.runs_dir,
@@ -105,18 +124,16 @@ def run_kwargs(args) -> dict:
     }
 
 
-def fail(msg: str, code: int = 1):
+def fail(msg: str, code: int = 1) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return code
 
 
-def guarded(main):
+def guarded(main) -> int:
     """Run ``main()``; known user-facing errors become one line on stderr and an exit code."""
-    from jaxae.config import ConfigError
-
     try:
         return main()
-    except ConfigError as e:
+    except config.ConfigError as e:
         return fail(str(e), 2)
     except KeyboardInterrupt as e:
         from jaxae.runner import Interrupted
@@ -129,65 +146,15 @@ def guarded(main):
         from jaxae.checkpoint import CheckpointError
         from jaxae.data import DataError
         from jaxae.runner import RunError
-        from jaxae.train import NonFiniteError
+        from jaxae.step import NonFiniteError
 
         if isinstance(e, DataError | CheckpointError | RunError | NonFiniteError | OSError):
             return fail(str(e), 1)
         raise
 
 
-def train_main(argv=None) -> int:
-    """``python -m jaxae.train``: train one AE or VAE."""
-    p = Parser(
-        prog="python -m jaxae.train",
-        description="Train one autoencoder or VAE on MNIST-like data. Checkpoints go to "
-        "models/<run>/, TensorBoard summaries to runs/<run>/; the test metrics and the "
-        "throughput are printed at the end.",
-    )
-    m = p.add_argument_group("model")
-    m.add_argument("--kind", choices=["vae", "ae"], default="vae")
-    m.add_argument(
-        "--hidden",
-        type=positive_int,
-        nargs="+",
-        default=[512, 256],
-        help="encoder hidden widths; the decoder mirrors them",
-    )
-    m.add_argument("--latent", type=positive_int, default=20, help="latent size")
-    m.add_argument(
-        "--likelihood",
-        choices=["bernoulli", "gaussian"],
-        default=None,
-        help="default: bernoulli for a VAE, gaussian (squared error) for an AE",
-    )
-    m.add_argument("--beta", type=non_negative_float, default=1.0, help="weight of the KL term")
-    m.add_argument("--seed", type=int, default=0, help="model seed (init and sampling noise)")
-    p.add_argument("--run", default=None, help="run name (default: derived from the model)")
-    add_train_flags(p)
-    args = p.parse_args(argv)
-
-    def main():
-        from jaxae.config import ModelConfig
-        from jaxae.train import fit
-
-        lik = args.likelihood or ("bernoulli" if args.kind == "vae" else "gaussian")
-        cfg = ModelConfig(
-            kind=args.kind,
-            hidden=tuple(args.hidden),
-            latent=args.latent,
-            likelihood=lik,
-            beta=args.beta,
-        )
-        tcfg = train_config(args, seed=args.seed)
-        run = args.run or f"{cfg.name}-seed{args.seed}"
-        res = fit(cfg, tcfg, run, **run_kwargs(args))
-        print(format_result(res))
-        return 0
-
-    return guarded(main)
-
-
 def format_result(res: dict) -> str:
+    """The runner's result as text: test metrics per member, timing, paths."""
     t, lines = res["timing"], []
     for i, name in enumerate(res["members"]):
         vals = "  ".join(

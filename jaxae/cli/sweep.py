@@ -1,0 +1,102 @@
+"""The command line of the sweep experiments: one flag per axis of ``config.AXES``."""
+
+from __future__ import annotations
+
+from jaxae import config
+from jaxae.cli import (
+    Parser,
+    add_train_flags,
+    checked,
+    format_result,
+    guarded,
+    non_negative_int,
+    positive_int,
+    run_kwargs,
+    train_config,
+)
+from jaxae.likelihoods import LIKELIHOODS
+
+
+def sweep_parser(prog: str, description: str, *, epochs: int | None = None, **axes) -> Parser:
+    """A sweep command's parser; ``axes`` gives each axis's default values by axis name
+    (``latent=[2, 4]``, ``seed=3``: a count), the rest default to ``ModelConfig``'s."""
+    p = Parser(prog=prog, description=description)
+    s = p.add_argument_group("sweep (every combination is one member)")
+    for a in config.AXES:
+        if a.name == "seed":
+            s.add_argument(a.flag, type=positive_int, default=axes.get("seed", 3), help=a.help)
+            continue
+        s.add_argument(
+            a.flag,
+            dest=a.name,
+            type=checked(a.check),
+            nargs="+",
+            choices=a.choices,
+            default=axes.get(a.name, [getattr(config.ModelConfig(), a.name)]),
+            help=a.help,
+        )
+    s.add_argument(
+        "--hidden",
+        type=positive_int,
+        nargs="+",
+        default=list(config.ModelConfig().hidden),
+        help="hidden widths shared by all members (e.g. 512 256 128 64 32 12 6 3)",
+    )
+    for kind in config.KINDS:
+        s.add_argument(
+            f"--{kind}-likelihood",
+            choices=tuple(LIKELIHOODS),
+            default=config.default_likelihood(kind),
+            help=f"likelihood of the {kind.upper()} members",
+        )
+    p.add_argument("--name", default=None, help="sweep name: models/<name>, runs/<name>")
+    p.add_argument(
+        "--eval-k",
+        type=non_negative_int,
+        default=0,
+        help="importance samples for a test NLL of every VAE member whose likelihood is a "
+        "density, after training (0: skip; costly, see python -m jaxae.evaluate)",
+    )
+    p.add_argument(
+        "--drop-nonfinite",
+        action="store_true",
+        help="a member whose loss turns NaN/Inf is dropped; the others go on "
+        "(default: stop the sweep, keeping the last good checkpoint)",
+    )
+    add_train_flags(p, epochs=epochs)
+    return p
+
+
+def build_sweep(args) -> config.SweepConfig:
+    """The sweep the parsed flags describe: every combination of the axes' values."""
+    base = config.ModelConfig(hidden=tuple(args.hidden))
+    values = {a.name: getattr(args, a.name) for a in config.AXES if a.name != "seed"}
+    liks = {kind: getattr(args, f"{kind}_likelihood") for kind in config.KINDS}
+    members = config.grid(base, values, args.seeds, liks)
+    return config.SweepConfig(members, train_config(args))
+
+
+def sweep_main(parser, default_name: str, figures, argv=None, columns=None) -> int:
+    """Parse, build the sweep, run it, print the result and the summary table."""
+    args = parser.parse_args(argv)
+
+    def main():
+        from jaxae.experiment import LATENT_COLUMNS, format_summary, run_sweep
+
+        sweep = build_sweep(args)
+        names = [m.name for m in sweep.members]
+        more = ", ..." if len(names) > 4 else ""
+        print(f"{len(names)} members in one compiled program: {', '.join(names[:4])}{more}")
+        result, _, summary = run_sweep(
+            sweep,
+            args.name or default_name,
+            figures=figures,
+            drop_nonfinite=args.drop_nonfinite,
+            eval_k=args.eval_k,
+            **run_kwargs(args),
+        )
+        print(format_result(result))
+        print(format_summary(summary, columns or LATENT_COLUMNS))
+        return 0
+
+    return guarded(main)

@@ -1,0 +1,84 @@
+"""``python -m jaxae.train``: train one autoencoder or VAE."""
+
+from __future__ import annotations
+
+from jaxae import config
+from jaxae.cli import (
+    Parser,
+    add_train_flags,
+    default,
+    format_result,
+    guarded,
+    non_negative_float,
+    positive_int,
+    run_kwargs,
+    train_config,
+)
+from jaxae.likelihoods import LIKELIHOODS
+
+
+def parser() -> Parser:
+    m_cfg = config.ModelConfig
+    p = Parser(
+        prog="python -m jaxae.train",
+        description="Train one autoencoder or VAE on MNIST-like data. Checkpoints go to "
+        "models/<run>/, TensorBoard summaries to runs/<run>/; the test metrics and the "
+        "throughput are printed at the end.",
+    )
+    m = p.add_argument_group("model")
+    m.add_argument(
+        "--kind", choices=config.KINDS, default=default(m_cfg, "kind"), help="model kind"
+    )
+    m.add_argument(
+        "--hidden",
+        type=positive_int,
+        nargs="+",
+        default=list(default(m_cfg, "hidden")),
+        help="encoder hidden widths; the decoder mirrors them",
+    )
+    m.add_argument(
+        "--latent", type=positive_int, default=default(m_cfg, "latent"), help="latent size"
+    )
+    m.add_argument(
+        "--likelihood",
+        choices=tuple(LIKELIHOODS),
+        default=None,
+        help="decoder likelihood (default: bernoulli for a VAE, gaussian, i.e. squared "
+        "error, for an AE)",
+    )
+    m.add_argument(
+        "--beta",
+        type=non_negative_float,
+        default=default(m_cfg, "beta"),
+        help="weight of the KL term",
+    )
+    m.add_argument(
+        "--seed",
+        type=int,
+        default=default(config.TrainConfig, "seed"),
+        help="model seed (init and sampling noise)",
+    )
+    p.add_argument("--run", default=None, help="run name (default: derived from the model)")
+    add_train_flags(p)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+
+    def run_main():
+        from jaxae.runner import fit
+
+        cfg = config.ModelConfig(
+            kind=args.kind,
+            hidden=tuple(args.hidden),
+            latent=args.latent,
+            likelihood=args.likelihood or config.default_likelihood(args.kind),
+            beta=args.beta,
+        )
+        run = args.run or f"{cfg.name}-seed{args.seed}"
+        res = fit(cfg, train_config(args, seed=args.seed), run, **run_kwargs(args))
+        print(format_result(res))
+        return 0
+
+    return guarded(run_main)

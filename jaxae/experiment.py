@@ -1,0 +1,146 @@
+"""A sweep from start to finish: train, evaluate the checkpoint, tabulate, draw.
+
+``run_sweep`` is what ``experiments.latent_sweep`` and ``experiments.beta_sweep`` call.
+Result rows, the aggregation over seeds and the tables' leading columns come from
+``config.AXES``, so a new axis shows up in all of them without being named here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxae import plots
+from jaxae.config import AXES, SweepConfig
+from jaxae.metrics import evaluate_run
+from jaxae.restore import load
+from jaxae.runner import fit_sweep, load_images
+
+# metrics of ``jaxae.metrics.evaluate_run`` kept in the result rows, and those averaged
+EXTRA = ("pca_mse", "active_units", "sample_entropy", "nll_iw", "neg_elbo_k", "k")
+AVERAGED = ("pca_mse", "active_units", "nll_iw", "sample_entropy")
+CONFIG_AXES = tuple(a.name for a in AXES if a.role != "seed")  # what seeds are averaged over
+
+
+def member_rows(sweep: SweepConfig, result: dict, evals: list[dict]) -> list[dict]:
+    """One row per member: its axes, final train and test metrics, ``evaluate_run`` extras."""
+    rows = []
+    for i, m in enumerate(sweep.members):
+        row = {"member": m.name, **m.axes(), "likelihood": m.model.likelihood}
+        row.update({f"train_{k}": v[i] for k, v in result["train"].items()})
+        row.update({f"test_{k}": v[i] for k, v in result["test"].items()})
+        if m.model.kind == "vae":  # the beta-free bound, comparable across betas
+            row["test_neg_elbo"] = row["test_recon"] + row["test_kl"]
+        row.update({k: evals[i][k] for k in EXTRA if k in evals[i]})
+        rows.append(row)
+    return rows
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds of every metric, per configuration.
+
+    A configuration is a member's values on every axis except the seed (``AXES``).
+    """
+    buckets: dict[tuple, list[dict]] = {}
+    for r in rows:
+        buckets.setdefault(tuple(r[k] for k in CONFIG_AXES), []).append(r)
+    out = []
+    for key, rs in buckets.items():
+        agg = {**dict(zip(CONFIG_AXES, key, strict=True)), "likelihood": rs[0]["likelihood"]}
+        agg["seeds"] = len(rs)
+        for k in rs[0]:
+            if k.startswith(("train_", "test_")) or k in AVERAGED:
+                vals = np.array([r[k] for r in rs], np.float64)
+                agg[k] = float(vals.mean())
+                agg[f"{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out.append(agg)
+    return out
+
+
+def write_tables(out_dir, rows: list[dict], summary: list[dict], extra: dict) -> None:
+    """results.json (members, summary over seeds, timings) and results.csv (members)."""
+    out_dir = Path(out_dir)
+    doc = {**extra, "members": rows, "summary": summary}
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=1))
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+COLUMNS = {  # results key -> (header, decimals)
+    "test_loss": ("test loss", 2),
+    "test_neg_elbo": ("-ELBO=rec+KL", 2),
+    "test_recon": ("recon", 2),
+    "test_kl": ("KL", 2),
+    "test_mse": ("MSE/pixel", 4),
+    "pca_mse": ("PCA MSE", 4),
+    "active_units": ("active", 1),
+    "sample_entropy": ("blur", 3),
+}
+LATENT_COLUMNS = ("test_loss", "test_recon", "test_kl", "test_mse", "pca_mse", "active_units")
+
+
+def format_summary(summary: list[dict], columns=LATENT_COLUMNS) -> str:
+    """The mean ± std over seeds of the chosen columns, one row per configuration."""
+    cells = []
+    for r in summary:
+        row = [AXES_BY_NAME[a].label(r[a]) for a in CONFIG_AXES]
+        for k in columns:
+            p = COLUMNS[k][1]
+            row.append("-" if k not in r else f"{r[k]:.{p}f}±{r[k + '_std']:.{p}f}")
+        cells.append(row)
+    head = [*CONFIG_AXES, *(COLUMNS[k][0] for k in columns)]
+    widths = [max(len(x) for x in col) for col in zip(head, *cells, strict=True)]
+    lines = [
+        "mean ± std over seeds (blur: mean binary entropy of decoded prior samples, nats/pixel)"
+    ]
+    for row in (head, *cells):
+        lines.append("  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+AXES_BY_NAME = {a.name: a for a in AXES}
+
+
+def run_sweep(
+    sweep: SweepConfig, name: str, *, figures=("latent",), eval_k: int = 0, log=print, **kwargs
+):
+    """Train a sweep, evaluate the saved checkpoint with ``jaxae.metrics.evaluate_run``,
+    then write results.json/csv and figures next to it.
+
+    Keyword arguments go to ``jaxae.runner.run``.
+    Returns:
+        (result, rows, summary): the runner's result, per-member rows, mean/std over seeds.
+    """
+    result, prog = fit_sweep(sweep, name, **kwargs)
+    out = Path(result["checkpoint"])
+    evals = evaluate_run(load(out), k=eval_k, progress=kwargs.get("progress", True))
+    rows = member_rows(sweep, result, evals)
+    summary = aggregate(rows)
+    extra = {
+        "timing": result["timing"],
+        "steps": result["steps"],
+        "dataset": sweep.train.dataset,
+        "dropped": result["dropped"],
+    }
+    write_tables(out, rows, summary, extra)
+    if "latent" in figures:
+        plots.latent_curves(summary, out / "latent_sweep.png")
+    if "beta" in figures:
+        plots.rate_distortion(summary, out / "beta_sweep.png")
+    test = jnp.asarray(load_images(sweep.train.dataset, "test")[:32])
+    imgs = jax.device_get(jax.jit(prog.images)(prog.state, prog.hyper, test))
+    plots.sheet(
+        [m.name for m in sweep.members],
+        [plots.tile(s[:16]) for s in np.asarray(imgs["samples"])],
+        out / "samples.png",
+        title="decoded prior samples, one panel per member",
+    )
+    log(f"wrote results.json, results.csv and figures to {out}")
+    return result, rows, summary

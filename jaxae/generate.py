@@ -1,0 +1,98 @@
+"""Image grids of a restored run's member: prior samples, reconstructions, interpolations,
+manifolds, and latent scatters (the library behind ``python -m jaxae.sample``).
+
+Every function takes a ``jaxae.restore.Loaded`` run and a member index, so one model and a
+sweep's member are drawn by the same code; test digits are encoded as the training loop
+evaluated them (``Loaded.test_set``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxae.config import SAMPLE_MODES
+from jaxae.restore import Loaded
+
+
+class ModeError(ValueError):
+    """A mode that does not fit the model (e.g. a manifold of an AE, which has no prior)."""
+
+
+def _needs_prior(run: Loaded, i: int, mode: str):
+    if run.members[i].model.kind != "vae":
+        raise ModeError(f"mode {mode!r} needs a VAE: an autoencoder has no prior to sample from")
+
+
+def _pick(seed: int, n: int, count: int) -> np.ndarray:
+    """``count`` distinct test indices out of n, from ``seed``."""
+    return np.asarray(jax.random.choice(jax.random.key(seed), n, (count,), replace=False))
+
+
+def prior(run: Loaded, i: int, *, n: int, seed: int, temperature: float = 1.0, **_):
+    """n decoded samples of z ~ N(0, temperature^2 I); (n, H, W, C) and grid columns."""
+    _needs_prior(run, i, "prior")
+    latent = run.members[i].model.latent
+    z = temperature * jax.random.normal(jax.random.key(seed), (n, latent))
+    return np.asarray(run.decode(i, z)), int(np.ceil(np.sqrt(n)))
+
+
+def recon(run: Loaded, i: int, *, n: int, seed: int, **_):
+    """Test digits (odd columns) next to their reconstructions from the posterior mean."""
+    x, xt, _ = run.test_set(i)
+    idx = _pick(seed, len(x), n)
+    shape = run.members[i].model.image_shape
+    rec = np.asarray(run.reconstruct(i, xt[idx]))
+    pairs = np.stack([x[idx].reshape(-1, *shape), rec], 1).reshape(-1, *shape)
+    return pairs, 2 * int(np.ceil(np.sqrt(n / 2)))
+
+
+def interpolate(run: Loaded, i: int, *, n: int, seed: int, steps: int = 10, **_):
+    """Decoded straight paths between the latent means of random pairs of test digits."""
+    _, xt, _ = run.test_set(i)
+    rows = max(1, n // steps)
+    mu = np.asarray(run.encode(i, xt[_pick(seed, len(xt), 2 * rows)])).reshape(rows, 2, -1)
+    t = np.linspace(0, 1, steps)[None, :, None]
+    z = (1 - t) * mu[:, :1] + t * mu[:, 1:]
+    return np.asarray(run.decode(i, z.reshape(rows * steps, -1))), steps
+
+
+def manifold(run: Loaded, i: int, *, n: int, **_):
+    """Decodings over a grid of the prior's quantiles (2-D latent) or of the two leading
+    principal directions of the test latent means (larger latents)."""
+    _needs_prior(run, i, "manifold")
+    side = max(2, int(np.sqrt(n)))
+    q = np.asarray(jax.scipy.special.ndtri(jnp.linspace(0.05, 0.95, side)))
+    g1, g2 = np.meshgrid(q, q[::-1])
+    grid = np.stack([g1.ravel(), g2.ravel()], 1)
+    if run.members[i].model.latent == 2:
+        z = grid
+    else:
+        _, xt, _ = run.test_set(i)
+        mu = np.asarray(run.encode(i, xt[:5000]))
+        center, (vecs, scale) = mu.mean(0), _pca2(mu)
+        z = center + (grid * scale) @ vecs
+    return np.asarray(run.decode(i, z)), side
+
+
+def _pca2(z):
+    """The two leading principal directions (2, D) of z and their standard deviations."""
+    zc = z - z.mean(0)
+    _, s, vt = np.linalg.svd(zc, full_matrices=False)
+    return vt[:2], s[:2] / np.sqrt(len(z) - 1)
+
+
+def scatter_points(run: Loaded, i: int, *, count: int = 5000):
+    """Test latent means (count, 2) and their labels: the latents themselves in 2-D, else a
+    PCA projection; returns (points, labels, axis names)."""
+    _, xt, labels = run.test_set(i)
+    mu = np.asarray(run.encode(i, xt[:count]))
+    if run.members[i].model.latent == 2:
+        return mu, labels[:count], ("z1", "z2")
+    vecs, _ = _pca2(mu)
+    return (mu - mu.mean(0)) @ vecs.T, labels[:count], ("PC1 of z", "PC2 of z")
+
+
+GRIDS = {"prior": prior, "recon": recon, "interpolate": interpolate, "manifold": manifold}
+assert set(GRIDS) | {"scatter"} == set(SAMPLE_MODES)

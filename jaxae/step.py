@@ -1,0 +1,288 @@
+"""What is trained: pure train step, scanned chunks of steps, evaluation, and ``Program``.
+
+The data live on the device as uint8 ``(N, F)``; a chunk of steps is one ``lax.scan``
+inside one jit call, so there is no Python loop and no host round-trip per step. Keys
+are derived from the global step (``fold_in``), never carried, so a resumed run repeats
+an uninterrupted one bit for bit. A ``Program`` bundles these pure functions for one
+model (``single_program``) or a sweep (``jaxae.sweep.sweep_program``); ``jaxae.runner``
+trains any Program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxae import likelihoods
+from jaxae.config import HYPER, Member, ModelConfig, TrainConfig, to_dict
+from jaxae.losses import elbo_loss
+from jaxae.models import Model, init_params, latent_mask
+
+
+class NonFiniteError(FloatingPointError):
+    """A member's loss became NaN or Inf."""
+
+
+# --- keys ---------------------------------------------------------------------------
+
+
+def model_keys(seed: int) -> dict:
+    """One root key per model seed, split once by purpose."""
+    init, train, evaluate, sample = jax.random.split(jax.random.key(seed), 4)
+    return {"init": init, "train": train, "eval": evaluate, "sample": sample}
+
+
+def data_keys(data_seed: int) -> dict:
+    """Keys shared by every model that sees the same data: order, binarization, test set."""
+    perm, binarize, test = jax.random.split(jax.random.key(data_seed), 3)
+    return {"perm": perm, "binarize": binarize, "test": test}
+
+
+# --- state and step -----------------------------------------------------------------
+
+
+def make_optimizer(tcfg: TrainConfig):
+    return optax.adam(tcfg.lr)
+
+
+def init_state(cfg: ModelConfig, tx, key) -> dict:
+    """Fresh training state: params, optimiser state and step counter."""
+    params = init_params(cfg, key)
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def loss_fn(params, x, *, key, beta, mask, model: Model):
+    """Batch-mean loss and metrics of one forward pass."""
+    out = model.apply(params, x, key=key, mask=mask)
+    loss, aux = elbo_loss(out, x, beta=beta, likelihood=model.cfg.likelihood)
+    metrics = {"loss": loss.mean(), "recon": aux["recon"].mean(), "kl": aux["kl"].mean()}
+    return metrics["loss"], metrics
+
+
+def train_step(state: dict, x, *, key, beta, mask, model: Model, tx):
+    """One Adam step on batch x (B, F). Pure; returns (new state, metrics)."""
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    grads, metrics = grad_fn(state["params"], x, key=key, beta=beta, mask=mask, model=model)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+
+def model_step(model: Model, tx, *, binarize: bool):
+    """The step of one unstacked model as ``step(state, h, x, s, bkey)``.
+
+    ``x`` are the batch's pixels in [0, 1]; a Bernoulli model binarizes them with ``bkey``,
+    which depends only on the step, so every model of a sweep sees the same binary batch.
+    """
+    binarize = binarize and likelihoods.get(model.cfg.likelihood).binarize
+
+    def step(state, h, x, s, bkey):
+        if binarize:
+            x = jax.random.bernoulli(bkey, x).astype(jnp.float32)
+        key = jax.random.fold_in(h["key"], s)
+        return train_step(state, x, key=key, beta=h["beta"], mask=h["mask"], model=model, tx=tx)
+
+    return step
+
+
+# --- scanned chunks of steps --------------------------------------------------------
+
+
+def epoch_batches(perm_key, epoch, n: int, batch: int):
+    """Indices (steps, batch) of one epoch; the last partial batch is dropped."""
+    steps = n // batch
+    perm = jax.random.permutation(jax.random.fold_in(perm_key, epoch), n)
+    return perm[: steps * batch].reshape(steps, batch)
+
+
+def make_chunk(step, *, binarize_key):
+    """Build ``chunk(state, h, images, idx, s0)`` running ``len(idx)`` steps in one scan."""
+
+    def chunk(state, h, images, idx, s0):
+        def body(state, xs):
+            i, rows = xs
+            s = s0 + i
+            x = images[rows].astype(jnp.float32) / 255.0
+            return step(state, h, x, s, jax.random.fold_in(binarize_key, s))
+
+        return jax.lax.scan(body, state, (jnp.arange(idx.shape[0]), idx))
+
+    return chunk
+
+
+def chunk_size(steps_per_epoch: int, target: int) -> int:
+    """Largest divisor of the epoch's steps not above ``target`` (whole epoch if tiny)."""
+    best = max(d for d in range(1, min(target, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
+    return best if best * 4 >= min(target, steps_per_epoch) else steps_per_epoch
+
+
+# --- evaluation ----------------------------------------------------------------------
+
+
+def eval_sums(params, x, xt, w, *, key, beta, mask, model: Model):
+    """Weighted sums over a test batch: loss, recon, kl and squared error of z = mean.
+
+    Args:
+        x: (B, F) float pixels in [0, 1] (reconstruction MSE is measured against these).
+        xt: (B, F) likelihood targets (binarized for Bernoulli).
+        w: (B,) 1 for real rows, 0 for padding.
+    """
+    out = model.apply(params, xt, key=key, mask=mask)
+    loss, aux = elbo_loss(out, xt, beta=beta, likelihood=model.cfg.likelihood)
+    mean_image = likelihoods.get(model.cfg.likelihood).mean
+    xhat = mean_image(model.apply(params, xt, mask=mask, method=Model.reconstruct))
+    sq = jnp.square(xhat - x).sum(-1)
+    return {k: (v * w).sum() for k, v in {"loss": loss, **aux, "sqerr": sq}.items()}
+
+
+def test_targets(x, tcfg: TrainConfig, likelihood: str):
+    """The model inputs of test pixels x (N, F) in [0, 1]: for a binarizing likelihood,
+    one Bernoulli sample of the whole set with a fixed key, else x itself."""
+    if likelihoods.get(likelihood).binarize and tcfg.binarize:
+        return jax.random.bernoulli(data_keys(tcfg.data_seed)["test"], x).astype(jnp.float32)
+    return x
+
+
+def test_arrays(images, tcfg: TrainConfig, likelihood: str, eval_batch: int):
+    """Test set as float (nb, eb, F), targets and weights; binarized once with a fixed key."""
+    n = images.shape[0]
+    nb = -(-n // eval_batch)
+    pad = nb * eval_batch - n
+    x = jnp.asarray(images, jnp.float32) / 255.0
+    xt = test_targets(x, tcfg, likelihood)
+    w = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)])
+
+    def shape(a):
+        a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+        return a.reshape(nb, eval_batch, *a.shape[1:])
+
+    return shape(x), shape(xt), shape(w), n
+
+
+def make_evaluate(model: Model):
+    """``evaluate(params, h, x, xt, w, n, eval_key)``: per-example test means of one model."""
+
+    def evaluate(params, h, x, xt, w, n, eval_key):
+        def body(carry, xs):
+            i, xb, xtb, wb = xs
+            key = jax.random.fold_in(eval_key, i)
+            sums = eval_sums(
+                params, xb, xtb, wb, key=key, beta=h["beta"], mask=h["mask"], model=model
+            )
+            return jax.tree.map(jnp.add, carry, sums), None
+
+        zero = {k: jnp.float32(0) for k in ("loss", "recon", "kl", "sqerr")}
+        sums, _ = jax.lax.scan(body, zero, (jnp.arange(x.shape[0]), x, xt, w))
+        res = {k: v / n for k, v in sums.items()}
+        res["mse"] = res.pop("sqerr") / x.shape[-1]
+        return res
+
+    return evaluate
+
+
+def check_finite(metrics: dict, s0: int, names: list[str], dropped: dict | None = None):
+    """Raise NonFiniteError naming the first step and member whose loss is not finite.
+
+    With ``dropped`` (a dict), a newly diverged member is recorded there instead
+    ({name: step}) and training goes on for the others; members are independent under
+    vmap, so a dropped member's NaNs never reach the rest.
+    """
+    loss = np.asarray(metrics["loss"])
+    for i, m in np.argwhere(~np.isfinite(loss)):
+        if dropped is not None and names[m] in dropped:
+            continue
+        msg = f"non-finite loss {loss[i, m]} at step {s0 + i + 1} in member {names[m]}"
+        if dropped is None or len(dropped) + 1 == len(names):
+            raise NonFiniteError(msg + "; the last good checkpoint is kept")
+        dropped[names[m]] = int(s0 + i + 1)
+        warnings.warn(f"{msg}; member dropped, the others go on", RuntimeWarning, stacklevel=2)
+
+
+@functools.cache
+def jit_epoch_batches(n: int, batch: int):
+    """``batches(perm_key, epoch)``: ``epoch_batches`` compiled once per (n, batch)."""
+    return jax.jit(lambda key, e: epoch_batches(key, e, n, batch))
+
+
+# --- what the runner trains -------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Program:
+    """What ``jaxae.runner.run`` trains. Metrics and evaluations carry a member axis (M,)."""
+
+    names: list[str]
+    state: object
+    hyper: object
+    step: Callable  # step(state, h, x, s, bkey) -> (state, metrics)
+    evaluate: Callable  # evaluate(state, h, test) -> {name: (M,)}
+    images: Callable  # images(state, h, x_test) -> {name: (M, n, H, W, C)}
+    config: dict
+
+
+# --- one model as a runner Program ----------------------------------------------------
+
+
+def model_images(model: Model, n: int = 64):
+    """``images(params, h, x_test_uint8)``: prior samples and test reconstructions."""
+
+    mean_image = likelihoods.get(model.cfg.likelihood).mean
+
+    def images(params, h, x):
+        cfg = model.cfg
+        shape = (-1, *cfg.image_shape)
+        xf = x.astype(jnp.float32) / 255.0
+        rec = mean_image(model.apply(params, xf, mask=h["mask"], method=Model.reconstruct))
+        side = jnp.stack([xf, rec], 1).reshape(shape)  # digit, reconstruction, ...
+        # An AE has no prior; decoding N(0, I) anyway shows why it is not generative.
+        z = jax.random.normal(h["sample_key"], (n, h["mask"].shape[0]))
+        logits = model.apply(params, z, mask=h["mask"], method=Model.decode)
+        return {"recon": side, "samples": mean_image(logits).reshape(shape)}
+
+    return images
+
+
+def model_hyper(cfg: ModelConfig, seed: int, latent: int | None = None) -> dict:
+    """Per-model arrays the traced functions read: the hyperparameter axes (``HYPER``,
+    e.g. beta), the latent mask (for a model padded to ``latent`` dims) and the train, eval
+    and sample keys of the model's seed."""
+    keys = model_keys(seed)
+    return {
+        **{name: jnp.float32(getattr(cfg, name)) for name in HYPER},
+        "mask": latent_mask(cfg.latent, cfg.latent if latent is None else latent),
+        "key": keys["train"],
+        "eval_key": keys["eval"],
+        "sample_key": keys["sample"],
+    }
+
+
+def single_program(cfg: ModelConfig, tcfg: TrainConfig):
+    """A runner Program training one unstacked model."""
+    model, tx = Model(cfg), make_optimizer(tcfg)
+    state = init_state(cfg, tx, model_keys(tcfg.seed)["init"])
+    evaluate_one, images_one = make_evaluate(model), model_images(model)
+
+    def evaluate(state, h, test):
+        x, xt, w, n = test_arrays(test, tcfg, cfg.likelihood, tcfg.eval_batch)
+        res = evaluate_one(state["params"], h, x, xt, w, n, h["eval_key"])
+        return {k: v[None] for k, v in res.items()}
+
+    def images(state, h, x):
+        return {k: v[None] for k, v in images_one(state["params"], h, x).items()}
+
+    return Program(
+        names=[Member(cfg, tcfg.seed).name],
+        state=state,
+        hyper=model_hyper(cfg, tcfg.seed),
+        step=model_step(model, tx, binarize=tcfg.binarize),
+        evaluate=evaluate,
+        images=images,
+        config={"type": "model", "model": to_dict(cfg), "train": to_dict(tcfg)},
+    )
