@@ -157,7 +157,7 @@ def test_arrays(images, tcfg: TrainConfig, likelihood: str, eval_batch: int):
     pad = nb * eval_batch - n
     x = jnp.asarray(images, jnp.float32) / 255.0
     xt = test_targets(x, tcfg, likelihood)
-    w = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)])
+    w = jnp.ones(n)  # padded rows get weight 0 below
 
     def shape(a):
         a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
