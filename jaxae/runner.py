@@ -33,7 +33,7 @@ from jaxae.step import (
     single_program,
 )
 from jaxae.summary import Summaries
-from jaxae.sweep import sweep_program
+from jaxae.sweep import replicated, sweep_program
 
 
 class RunError(RuntimeError):
@@ -175,7 +175,7 @@ def _start(prog: Program, mgr: Checkpointer, resume: bool) -> tuple:
     """(state, last epoch's train means): fresh, or restored from the latest checkpoint."""
     if not (resume and mgr.latest_step() is not None):
         return prog.state, {}
-    state = mgr.restore(jax.eval_shape(lambda: prog.state))
+    state = prog.from_saved(mgr.restore(replicated(jax.eval_shape(prog.to_saved, prog.state))))
     # the last finished epoch's train means travel in the checkpoint's config
     saved_means = mgr.read_config().get("last_epoch", {})
     return state, {k: np.asarray(v) for k, v in saved_means.items()}
@@ -222,10 +222,10 @@ class _Loop:
                     saved = s
                 if sig.signum is not None:
                     if saved != s:
-                        self.mgr.save(s, state, self.config)
+                        self.mgr.save(s, self.prog.to_saved(state), self.config)
                     raise Interrupted(sig.signum, s)
             if saved != s:
-                self.mgr.save(s, state, self.config)
+                self.mgr.save(s, self.prog.to_saved(state), self.config)
         if self.evals is None:
             self.evals = self.run_evaluate(state)
         self.steps = s
@@ -258,7 +258,7 @@ class _Loop:
         x = jnp.asarray(self.test_x[:32])
         self.summaries.images(s, jax.device_get(self.images(state, self.prog.hyper, x)))
         self.config["last_epoch"] = {k: v.tolist() for k, v in self.last_epoch.items()}
-        self.mgr.save(s, state, self.config)
+        self.mgr.save(s, self.prog.to_saved(state), self.config)
 
     def run_evaluate(self, state) -> dict:
         out = self.evaluate(state, self.prog.hyper, jnp.asarray(self.test_x))

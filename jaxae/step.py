@@ -225,6 +225,9 @@ class Program:
     evaluate: Callable  # evaluate(state, h, test) -> {name: (M,)}
     images: Callable  # images(state, h, x_test) -> {name: (M, n, H, W, C)}
     config: dict
+    # the state as checkpoints hold it, and back (a sweep drops its inert padding members)
+    to_saved: Callable = lambda state: state
+    from_saved: Callable = lambda state: state
 
 
 # --- one model as a runner Program ----------------------------------------------------

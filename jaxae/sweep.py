@@ -95,34 +95,56 @@ def init_member(m: Member, group_cfg: ModelConfig, tx) -> dict:
     return pad_to(small, big)  # Adam's moments start at zero, so padding them is tx.init
 
 
+def member_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh named ``members`` over every device of every process."""
+    return jax.sharding.Mesh(np.array(jax.devices()), ("members",))
+
+
+def padded_size(m: int, n: int | None = None) -> int:
+    """``m`` members rounded up to a multiple of ``n`` devices (default: all devices)."""
+    n = jax.device_count() if n is None else n
+    return -(-m // n) * n
+
+
 def shard_members(tree):
-    """Shard the leading member axis over all devices when it divides evenly."""
-    devices = jax.devices()
-    if len(devices) == 1:
+    """Shard the leading member axis of every leaf over all devices.
+
+    Raises:
+        ValueError: a leaf's member axis does not divide by the device count (pad the
+            group first, ``padded_size``); nothing is ever silently replicated.
+    """
+    n = jax.device_count()
+    if n == 1:
         return tree
-    mesh = jax.sharding.Mesh(np.array(devices), ("members",))
-    spec = jax.sharding.PartitionSpec("members")
-    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    members = jax.sharding.NamedSharding(member_mesh(), jax.sharding.PartitionSpec("members"))
 
     def put(a):
-        if a.ndim and a.shape[0] % len(devices) == 0:
-            return jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
-        return jax.device_put(a, repl)
+        if not a.ndim or a.shape[0] % n:
+            raise ValueError(f"member axis of shape {a.shape} does not divide by {n} devices")
+        return jax.device_put(a, members)
 
     return jax.tree.map(put, tree)
 
 
-def sweep_state(sweep: SweepConfig) -> tuple:
-    """Initial state of a sweep: one stacked state per group (unsharded)."""
-    tx = make_optimizer(sweep.train)
-    return tuple(
-        stack([init_member(sweep.members[i], g.cfg, tx) for i in g.index])
-        for g in group_members(sweep.members)
-    )
+def replicated(tree):
+    """Abstract ``tree`` (ShapeDtypeStructs) replicated on every device: a restore target."""
+    sharding = jax.sharding.NamedSharding(member_mesh(), jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
+
+
+def pad_rows(tree, size: int):
+    """Repeat row 0 of every leaf at the end of its leading axis up to ``size`` rows."""
+
+    def pad(a):
+        extra = size - a.shape[0]
+        return a if extra == 0 else jnp.concatenate([a, jnp.repeat(a[:1], extra, axis=0)])
+
+    return jax.tree.map(pad, tree)
 
 
 def sweep_shapes(sweep: SweepConfig) -> tuple:
-    """Shapes and dtypes of ``sweep_state(sweep)``, without initialising anything."""
+    """Shapes and dtypes of a sweep's saved state (one stacked state per group, real
+    members only), without initialising anything."""
     tx = make_optimizer(sweep.train)
     out = []
     for g in group_members(sweep.members):
@@ -133,17 +155,34 @@ def sweep_shapes(sweep: SweepConfig) -> tuple:
 
 
 def sweep_program(sweep: SweepConfig):
-    """A runner Program training every member of the sweep in one scanned step."""
+    """A runner Program training every member of the sweep in one scanned step.
+
+    Each group is padded to a multiple of the device count with inert copies of its
+    first member (``padded_size``), so the member axis is always sharded over every
+    device. The copies train like that member but never leave the program: metrics,
+    evaluations and images hold the real members only, and checkpoints save the real
+    members only (``to_saved``), so a run resumes on any number of devices.
+    """
     tcfg, members = sweep.train, sweep.members
     tx = make_optimizer(tcfg)
     groups = group_members(members)
     models = [Model(g.cfg) for g in groups]
-    state = sweep_state(sweep)
-    hyper = tuple(
-        stack([model_hyper(members[i].model, members[i].seed, g.cfg.latent) for i in g.index])
-        for g in groups
+    sizes = [padded_size(len(g.index)) for g in groups]
+    rows = [g.index + g.index[:1] * (n - len(g.index)) for g, n in zip(groups, sizes, strict=True)]
+    state, hyper = [], []
+    for g, r in zip(groups, rows, strict=True):
+        state.append(stack([init_member(members[i], g.cfg, tx) for i in r]))
+        hyper.append(
+            stack([model_hyper(members[i].model, members[i].seed, g.cfg.latent) for i in r])
+        )
+    state, hyper = tuple(state), tuple(hyper)
+    # rows of the concatenated (padded, group-major) outputs that hold the real members,
+    # in sweep order
+    offsets = np.cumsum([0, *sizes[:-1]])
+    real = np.concatenate(
+        [o + np.arange(len(g.index)) for o, g in zip(offsets, groups, strict=True)]
     )
-    order = np.argsort(np.concatenate([g.index for g in groups]))  # group-major -> sweep order
+    order = real[np.argsort(np.concatenate([g.index for g in groups]))]
     steps = [
         jax.vmap(model_step(m, tx, binarize=tcfg.binarize), in_axes=(0, 0, None, None, None))
         for m in models
@@ -168,6 +207,15 @@ def sweep_program(sweep: SweepConfig):
     def images(state, h, x):
         return cat([f(st["params"], hh, x) for f, st, hh in zip(imgs, state, h, strict=True)])
 
+    def to_saved(state):
+        return tuple(
+            st if len(g.index) == n else jax.tree.map(lambda a, m=len(g.index): a[:m], st)  # noqa: B008
+            for g, n, st in zip(groups, sizes, state, strict=True)
+        )
+
+    def from_saved(state):
+        return shard_members(tuple(pad_rows(st, n) for st, n in zip(state, sizes, strict=True)))
+
     return Program(
         names=[m.name for m in members],
         state=shard_members(state),
@@ -176,6 +224,8 @@ def sweep_program(sweep: SweepConfig):
         evaluate=evaluate,
         images=images,
         config={"type": "sweep", "sweep": to_dict(sweep)},
+        to_saved=to_saved,
+        from_saved=from_saved,
     )
 
 

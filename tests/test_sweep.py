@@ -66,39 +66,51 @@ def test_bad_sweeps():
 SHARDED = """
 import json, sys
 import jax
+import numpy as np
 from helpers import tiny_model, tiny_train
 from jaxae.config import Member, SweepConfig
-from jaxae.sweep import sweep_program
-from jaxae.runner import run
-assert jax.device_count() == 8, jax.devices()
-members = [Member(tiny_model(latent=k, beta=b), s)
-           for k in (2, 8) for b in (1.0, 4.0) for s in (0, 1)]
-sweep = SweepConfig(tuple(members), tiny_train())
-prog = sweep_program(sweep)
-shard = prog.state[0]["params"]["params"]["encoder"]["mean"]["kernel"].sharding
-res = run(prog, sweep.train, "s", models_dir=sys.argv[1] + "/m", runs_dir=sys.argv[1] + "/r",
-          progress=False)
-print(json.dumps({"loss": res["test"]["loss"], "shards": len(shard.device_set)}))
+from jaxae.runner import fit_sweep
+members = [Member(tiny_model(), s) for s in range(3)]  # groups of 3, 8 and 18 members
+members += [Member(tiny_model(kind="ae", likelihood="gaussian", latent=k), s)
+            for k in (2, 3) for s in range(4)]
+members += [Member(tiny_model(hidden=(16,), latent=k, beta=0.5), s)
+            for k in (2, 3) for s in range(9)]
+out, epochs, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume"
+sweep = SweepConfig(tuple(members), tiny_train(epochs=epochs, batch_size=32, eval_batch=100))
+rng = np.random.default_rng(0)  # small in-memory data: 8 steps per epoch, 100 test digits
+data = rng.integers(0, 256, (256, 784), np.uint8), rng.integers(0, 256, (100, 784), np.uint8)
+res, prog = fit_sweep(sweep, "s", models_dir=out + "/m", runs_dir=out + "/r", progress=False,
+                      resume=resume, data=data)
+leaves = [jax.tree.leaves(st) for st in prog.state]
+print(json.dumps({
+    "loss": res["test"]["loss"], "members": len(res["members"]),
+    "specs": sorted({str(getattr(a.sharding, "spec", None)) for ls in leaves for a in ls}),
+    "devices": [len(ls[0].sharding.device_set) for ls in leaves],
+}))
 """
 
 
-def test_sharded_sweep_matches_unsharded(tmp_path):
-    out = []
-    for flags in ("--xla_force_host_platform_device_count=8", ""):
-        d = tmp_path / str(len(out))
-        d.mkdir()
-        script = d / "s.py"
-        script.write_text(
-            SHARDED.replace("assert jax.device_count() == 8", "assert True")
-            if not flags
-            else SHARDED
-        )
-        p = run_py(str(script), str(d), env={"XLA_FLAGS": flags})
-        assert p.returncode == 0, p.stderr[-2000:]
-        out.append(json.loads(p.stdout.strip().splitlines()[-1]))
-    sharded, single = out
-    assert sharded["shards"] == 8 and single["shards"] == 1
+def _sharded(d, devices: int, epochs: int, resume=""):
+    d.mkdir(exist_ok=True)
+    (d / "s.py").write_text(SHARDED)
+    flags = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
+    p = run_py(str(d / "s.py"), str(d), str(epochs), resume, env={"XLA_FLAGS": flags})
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_groups_of_3_8_18_are_sharded_on_8_devices_and_match_one(tmp_path):
+    sharded = _sharded(tmp_path / "8", 8, 2)
+    single = _sharded(tmp_path / "1", 1, 2)
+    # groups of 3, 8 and 18 members: padded to 8, 8 and 24 rows, every leaf sharded
+    assert sharded["specs"] == ["P('members',)"]
+    assert sharded["devices"] == [8, 8, 8] and single["devices"] == [1, 1, 1]
+    assert sharded["members"] == single["members"] == 29  # the inert rows never surface
     np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-4)
+    # saved on 4 devices, resumed on 1: the checkpoint holds the real members only
+    _sharded(tmp_path / "r", 4, 1)
+    resumed = _sharded(tmp_path / "r", 1, 2, "resume")
+    np.testing.assert_allclose(resumed["loss"], single["loss"], rtol=1e-4)
 
 
 def test_latent_sweep_cli(tmp_path):
