@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxae import hosts
+
 PyTree = Any
 
 _SCALARS = (bool, int, float, complex, np.generic)
@@ -98,16 +100,14 @@ def leaf_digest(x: Any) -> dict:
     """Digest of one host array: sha256 over dtype, shape and the raw bytes.
 
     Args:
-      x: numpy array (a host copy), or a jax.Array; a jax.Array that is not fully
-        addressable from this process gets ``sha256: None`` (shape and dtype only).
+      x: numpy array (a host copy), or a jax.Array (gathered from every process when
+        it is not fully addressable, so every byte is hashed).
 
     Returns:
-      ``{"sha256": hex or None, "dtype": "float32", "shape": [784, 256]}``.
+      ``{"sha256": hex, "dtype": "float32", "shape": [784, 256]}``.
     """
     shape, dtype = _spec(x)
-    if _is_remote(x):
-        return {"sha256": None, "dtype": dtype, "shape": list(shape)}
-    a = np.ascontiguousarray(np.asarray(x))
+    a = np.ascontiguousarray(hosts.to_host(x))
     h = hashlib.sha256(f"{dtype}{shape}".encode())
     h.update(a.reshape(-1).view(np.uint8))
     return {"sha256": h.hexdigest(), "dtype": dtype, "shape": list(shape)}
@@ -122,14 +122,7 @@ def tree_digests(tree: PyTree) -> dict[str, dict]:
     Returns:
       dict leaf path -> ``leaf_digest`` of that leaf.
     """
-    leaves = flat_leaves(tree)
-    host = jax.device_get({p: x for p, x in leaves.items() if not _is_remote(x)})
-    return {p: leaf_digest(host.get(p, x)) for p, x in leaves.items()}
-
-
-def _is_remote(x: Any) -> bool:
-    """True for a jax.Array with shards on other processes (cannot be copied to host)."""
-    return isinstance(x, jax.Array) and not x.is_fully_addressable
+    return {p: leaf_digest(x) for p, x in hosts.to_host(flat_leaves(tree)).items()}
 
 
 # ---------------------------------------------------------------------------------------------

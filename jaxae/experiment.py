@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxae import plots
+from jaxae import hosts, plots
 from jaxae.config import AXES, SweepConfig
 from jaxae.metrics import evaluate_run
 from jaxae.restore import load
@@ -129,13 +128,15 @@ def run_sweep(
         "dataset": sweep.train.dataset,
         "dropped": result["dropped"],
     }
+    test = hosts.replicate(load_images(sweep.train.dataset, "test")[:32])
+    imgs = hosts.to_host(jax.jit(prog.images)(prog.state, prog.hyper, test))
+    if not hosts.is_primary():  # process 0 writes for every process
+        return result, rows, summary
     write_tables(out, rows, summary, extra)
     if "latent" in figures:
         plots.latent_curves(summary, out / "latent_sweep.png")
     if "beta" in figures:
         plots.rate_distortion(summary, out / "beta_sweep.png")
-    test = jnp.asarray(load_images(sweep.train.dataset, "test")[:32])
-    imgs = jax.device_get(jax.jit(prog.images)(prog.state, prog.hyper, test))
     plots.sheet(
         [m.name for m in sweep.members],
         [plots.tile(s[:16]) for s in np.asarray(imgs["samples"])],

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import likelihoods
+from jaxae import hosts, likelihoods
 from jaxae.checkpoint import Checkpointer, CheckpointError, resolve
 from jaxae.config import (
     ConfigError,
@@ -28,7 +28,7 @@ from jaxae.config import (
 from jaxae.data import load as load_data
 from jaxae.models import Model, latent_mask
 from jaxae.step import init_state, make_optimizer, single_program, test_targets
-from jaxae.sweep import group_members, member_params, sweep_program, sweep_shapes
+from jaxae.sweep import group_members, member_params, replicated, sweep_program, sweep_shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +172,12 @@ def load(path, step: int | None = None) -> Loaded:
     run_dir, path_step = resolve(path)
     step = path_step if step is None else step
     with Checkpointer(run_dir, create=False) as mgr:
+        step = mgr.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint at {run_dir}")
         config = mgr.read_config(step)
         layout, target, members, tcfg = _target(config, run_dir)
-        state = mgr.restore(target, step)
-        step = mgr.latest_step() if step is None else step
+        state = mgr.restore(replicated(target), step)  # any saved device layout
+    if jax.process_count() > 1:  # a restored run is used locally by each process
+        state = hosts.to_host(state)
     return Loaded(layout, config, state, int(step), str(run_dir), members, tcfg)

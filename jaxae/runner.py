@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 import signal
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from jaxae import data as jdata
+from jaxae import hosts
 from jaxae.checkpoint import Checkpointer
 from jaxae.config import ModelConfig, SweepConfig, TrainConfig
 from jaxae.step import (
@@ -62,6 +63,8 @@ def prepare_run_dir(models_dir: Path, runs_dir: Path, run: str, *, resume: bool,
         the file is closed or the process dies, so two processes never train one run.
     """
     ckpt, logs = models_dir / run, runs_dir / run
+    if not hosts.is_primary():  # process 0 checks, locks and cleans for every process
+        return ckpt, logs, open(os.devnull, "w")  # noqa: SIM115
     ckpt.mkdir(parents=True, exist_ok=True)
     lock = open(ckpt / ".lock", "w")  # noqa: SIM115 - held for the whole run
     try:
@@ -138,11 +141,12 @@ def run(
     ckpt_dir, log_dir, lock = prepare_run_dir(
         models_dir, runs_dir, run, resume=resume, overwrite=overwrite
     )
+    hosts.barrier("jaxae-run-dir")
     try:
         mgr = Checkpointer(ckpt_dir, max_to_keep=tcfg.max_to_keep)
         state, last_epoch = _start(prog, mgr, resume)
         config = {**prog.config, "run": run, "members": prog.names}
-        summaries = Summaries(log_dir, prog.names, hparams=config)
+        summaries = Summaries(log_dir, prog.names, hparams=config, enabled=hosts.is_primary())
         s = global_step(state)
         spe = train_x.shape[0] // tcfg.batch_size
         if resume and not last_epoch and s:  # checkpoints of older runs: read the logs
@@ -153,7 +157,9 @@ def run(
         state = loop.train(state, progress)
         prog.state = state
         result = loop.result(run, ckpt_dir, log_dir, compile_s)
-        (ckpt_dir / "results.json").write_text(json.dumps(result, indent=1))
+        if hosts.is_primary():
+            (ckpt_dir / "results.json").write_text(json.dumps(result, indent=1))
+        hosts.barrier("jaxae-run-saved")  # every process sees the finished checkpoint
         return result
     finally:
         lock.close()
@@ -168,7 +174,7 @@ def _data(tcfg: TrainConfig, data) -> tuple:
     n = train_x.shape[0]
     if tcfg.batch_size > n:
         raise RunError(f"batch size {tcfg.batch_size} is larger than the dataset ({n} examples)")
-    return jnp.asarray(train_x), test_x
+    return hosts.replicate(train_x), test_x
 
 
 def _start(prog: Program, mgr: Checkpointer, resume: bool) -> tuple:
@@ -199,8 +205,8 @@ class _Loop:
         """Compile the chunk, evaluation and image functions once; returns seconds."""
         t0 = time.perf_counter()
         chunk = make_chunk(self.prog.step, binarize_key=self.dk["binarize"])
-        idx0 = jnp.zeros((self.c, self.tcfg.batch_size), jnp.int32)
-        args = (state, self.prog.hyper, self.train_x, idx0, jnp.int32(0))
+        idx0 = hosts.replicate(np.zeros((self.c, self.tcfg.batch_size), np.int32))
+        args = (state, self.prog.hyper, self.train_x, idx0, hosts.replicate(np.int32(0)))
         self.chunk = jax.jit(chunk, donate_argnums=0).lower(*args).compile()
         self.evaluate = jax.jit(self.prog.evaluate)
         self.images = jax.jit(self.prog.images)
@@ -237,9 +243,11 @@ class _Loop:
         if j == 0 or self.epoch_idx is None:
             self.epoch_idx = self.batches(self.dk["perm"], e)
         t = time.perf_counter()
-        idx = self.epoch_idx[j : j + self.c]
-        state, m = self.chunk(state, self.prog.hyper, self.train_x, idx, jnp.int32(s))
-        m = {k: np.asarray(v).reshape(self.c, -1) for k, v in m.items()}
+        idx = hosts.replicate(np.asarray(self.epoch_idx[j : j + self.c]))
+        state, m = self.chunk(
+            state, self.prog.hyper, self.train_x, idx, hosts.replicate(np.int32(s))
+        )
+        m = {k: v.reshape(self.c, -1) for k, v in hosts.to_host(m).items()}
         self.train_s += time.perf_counter() - t
         check_finite(m, s, self.prog.names, self.dropped)
         self.steps_run += self.c
@@ -255,14 +263,14 @@ class _Loop:
         self.sums, self.n = {}, 0
         self.evals = self.run_evaluate(state)
         self.summaries.scalars(s, {f"test/{k}": v for k, v in self.evals.items()})
-        x = jnp.asarray(self.test_x[:32])
-        self.summaries.images(s, jax.device_get(self.images(state, self.prog.hyper, x)))
+        x = hosts.replicate(self.test_x[:32])
+        self.summaries.images(s, hosts.to_host(self.images(state, self.prog.hyper, x)))
         self.config["last_epoch"] = {k: v.tolist() for k, v in self.last_epoch.items()}
         self.mgr.save(s, self.prog.to_saved(state), self.config)
 
     def run_evaluate(self, state) -> dict:
-        out = self.evaluate(state, self.prog.hyper, jnp.asarray(self.test_x))
-        return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in out.items()}
+        out = self.evaluate(state, self.prog.hyper, hosts.replicate(self.test_x))
+        return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in hosts.to_host(out).items()}
 
     def result(self, run: str, ckpt_dir, log_dir, compile_s: float) -> dict:
         speed = self.steps_run * self.tcfg.batch_size / self.train_s if self.train_s else np.nan
@@ -290,7 +298,7 @@ def global_step(state) -> int:
     """The step counter of a state: a model's ``step`` or the shared one of stacked members."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         if getattr(path[-1], "key", None) == "step":
-            return int(np.asarray(leaf).reshape(-1)[0])
+            return int(hosts.to_host(leaf).reshape(-1)[0])
     raise ValueError("state has no step counter")
 
 

@@ -228,6 +228,9 @@ class Program:
     # the state as checkpoints hold it, and back (a sweep drops its inert padding members)
     to_saved: Callable = lambda state: state
     from_saved: Callable = lambda state: state
+    # the state as checkpoints hold it, and back (a sweep drops its inert padding members)
+    to_saved: Callable = lambda state: state
+    from_saved: Callable = lambda state: state
 
 
 # --- one model as a runner Program ----------------------------------------------------

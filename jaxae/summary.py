@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tensorboardX import SummaryWriter
 
 from jaxae.plots import tile
 
@@ -22,12 +23,15 @@ def member_dir(name: str) -> str:
 class Summaries:
     """Scalars and images for M members; values are arrays with a trailing member axis."""
 
-    def __init__(self, log_dir, names: list[str], hparams: dict | None = None):
-        from tensorboardX import SummaryWriter
-
+    def __init__(self, log_dir, names: list[str], hparams: dict | None = None, enabled=True):
+        """One writer per member under ``log_dir``; ``enabled=False`` writes nothing (the
+        processes of a multi-host run other than process 0)."""
         self.dirs = [
             Path(log_dir) / member_dir(n) if len(names) > 1 else Path(log_dir) for n in names
         ]
+        self.writers, self.jsonl = [], []
+        if not enabled:
+            return
         self.writers = [SummaryWriter(str(d)) for d in self.dirs]
         self.jsonl = [open(d / "scalars.jsonl", "a") for d in self.dirs]  # noqa: SIM115
         if hparams:
@@ -45,6 +49,8 @@ class Summaries:
 
     def images(self, step: int, images: dict) -> None:
         """images: name -> (M, n, H, W, C) floats in [0, 1]; logged as one grid per member."""
+        if not self.writers:
+            return
         for name, batch in images.items():
             for w, member in zip(self.writers, np.asarray(batch), strict=True):
                 grid = np.nan_to_num(tile(member))  # a dropped member may hold NaNs

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxae import hosts
 from jaxae.config import PADDED, Member, ModelConfig, SweepConfig, structure, to_dict
 from jaxae.models import Model
 from jaxae.step import (
@@ -95,11 +96,6 @@ def init_member(m: Member, group_cfg: ModelConfig, tx) -> dict:
     return pad_to(small, big)  # Adam's moments start at zero, so padding them is tx.init
 
 
-def member_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh named ``members`` over every device of every process."""
-    return jax.sharding.Mesh(np.array(jax.devices()), ("members",))
-
-
 def padded_size(m: int, n: int | None = None) -> int:
     """``m`` members rounded up to a multiple of ``n`` devices (default: all devices)."""
     n = jax.device_count() if n is None else n
@@ -116,19 +112,19 @@ def shard_members(tree):
     n = jax.device_count()
     if n == 1:
         return tree
-    members = jax.sharding.NamedSharding(member_mesh(), jax.sharding.PartitionSpec("members"))
+    members = jax.sharding.NamedSharding(hosts.mesh(), jax.sharding.PartitionSpec("members"))
 
     def put(a):
         if not a.ndim or a.shape[0] % n:
             raise ValueError(f"member axis of shape {a.shape} does not divide by {n} devices")
-        return jax.device_put(a, members)
+        return hosts.put(a, members)
 
     return jax.tree.map(put, tree)
 
 
 def replicated(tree):
     """Abstract ``tree`` (ShapeDtypeStructs) replicated on every device: a restore target."""
-    sharding = jax.sharding.NamedSharding(member_mesh(), jax.sharding.PartitionSpec())
+    sharding = jax.sharding.NamedSharding(hosts.mesh(), jax.sharding.PartitionSpec())
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
 
 

@@ -20,7 +20,8 @@ PKG = pathlib.Path(ROOT) / "jaxae"
 
 # Layers, lowest first: a module may import modules of its own or a lower layer only.
 LAYERS = [
-    {"jaxae.data", "jaxae.likelihoods", "jaxae.plots", "jaxae.checkpoint"},
+    {"jaxae.data", "jaxae.likelihoods", "jaxae.plots", "jaxae.hosts"},
+    {"jaxae.checkpoint"},
     {"jaxae.config", "jaxae.summary"},
     {"jaxae.models", "jaxae.losses"},
     {"jaxae.step"},

@@ -91,6 +91,21 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int | None = None) ->
         default=default(t, "chunk"),
         help="steps per compiled call (progress bar granularity)",
     )
+    d = p.add_argument_group("several hosts (one process per host, same command on each)")
+    d.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="address of process 0's coordination service; starts jax.distributed",
+    )
+    d.add_argument("--num-processes", type=positive_int, default=None, help="processes in all")
+    d.add_argument("--process-id", type=non_negative_int, default=None, help="this process")
+    d.add_argument(
+        "--distributed",
+        action="store_true",
+        help="start jax.distributed from the environment (SLURM, TPU pod, Kubernetes, "
+        "JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--models-dir", default="models", help="checkpoint root (models/<run>)")
     o.add_argument("--runs-dir", default="runs", help="TensorBoard root (runs/<run>)")
@@ -122,6 +137,14 @@ def run_kwargs(args) -> dict:
         "overwrite": args.overwrite,
         "progress": not args.no_progress,
     }
+
+
+def start_hosts(args) -> None:
+    """Join the multi-process runtime when the flags ask for it (before any JAX work)."""
+    if args.coordinator or args.distributed or args.num_processes:
+        from jaxae import hosts
+
+        hosts.initialize(args.coordinator, args.num_processes, args.process_id)
 
 
 def fail(msg: str, code: int = 1) -> int:

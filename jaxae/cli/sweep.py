@@ -12,6 +12,7 @@ from jaxae.cli import (
     non_negative_int,
     positive_int,
     run_kwargs,
+    start_hosts,
     train_config,
 )
 from jaxae.likelihoods import LIKELIHOODS
@@ -81,6 +82,7 @@ def sweep_main(parser, default_name: str, figures, argv=None, columns=None) -> i
     args = parser.parse_args(argv)
 
     def main():
+        start_hosts(args)
         from jaxae.experiment import LATENT_COLUMNS, format_summary, run_sweep
 
         sweep = build_sweep(args)

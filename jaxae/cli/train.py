@@ -12,6 +12,7 @@ from jaxae.cli import (
     non_negative_float,
     positive_int,
     run_kwargs,
+    start_hosts,
     train_config,
 )
 from jaxae.likelihoods import LIKELIHOODS
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
 
     def run_main():
+        start_hosts(args)
         from jaxae.runner import fit
 
         cfg = config.ModelConfig(
