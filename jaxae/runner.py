@@ -13,6 +13,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +58,85 @@ def load_images(dataset: str, split: str) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
+# Fields of a run's config that may change when it is resumed: the length (to extend it),
+# the chunking of steps into compiled calls, and evaluation/checkpoint housekeeping.
+RESUMABLE = {"epochs", "chunk", "eval_batch", "max_to_keep"}
+
+
+def config_changes(saved, new, path: str = "") -> list[tuple[str, object, object]]:
+    """(field path, new value, saved value) for every field that differs, except
+    ``RESUMABLE`` ones; ``new`` is a Program's config (type, model/sweep, train)."""
+    if isinstance(new, dict) and isinstance(saved, dict):
+        out = []
+        for k, v in new.items():
+            if k in RESUMABLE:
+                continue
+            out += config_changes(saved.get(k), v, f"{path}.{k}" if path else k)
+        return out
+    return [] if new == saved else [(path, new, saved)]
+
+
+def refuse_changes(saved: dict, new: dict) -> None:
+    """Raise RunError naming the first field a resumed run would silently change."""
+    changes = config_changes(saved, {k: new[k] for k in new if k in saved or k == "type"})
+    if changes:
+        field, here, there = changes[0]
+        raise RunError(
+            f"{field} {here} differs from the run's {there}; start a new run or resume "
+            "with the run's own settings"
+        )
+
+
+def check_run_name(run: str) -> None:
+    """A run name is one plain folder name: it cannot climb out of --models-dir."""
+    p = Path(run)
+    if not run or p.is_absolute() or len(p.parts) != 1 or run in (".", "..") or "\\" in run:
+        raise RunError(f"run name {run!r} must be a plain folder name (no '/', '..' or root)")
+
+
+def environment() -> dict:
+    """Versions, devices and the git commit: what a run's numbers depend on besides config."""
+    import importlib.metadata as md
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    pkgs = ("jaxae", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+    return {
+        "versions": {p: version(p) for p in pkgs},
+        "python": sys.version.split()[0],
+        "platform": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    """The commit of the jaxae checkout this code runs from, or None (installed wheel)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Write ``doc`` as JSON atomically: a reader sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
 def prepare_run_dir(models_dir: Path, runs_dir: Path, run: str, *, resume: bool, overwrite: bool):
     """Lock the run folder and check it against --resume/--overwrite.
 
@@ -90,11 +172,18 @@ def prepare_run_dir(models_dir: Path, runs_dir: Path, run: str, *, resume: bool,
 
 
 class _Signals:
-    """Turn SIGINT/SIGTERM into a flag checked between chunks."""
+    """Turn SIGINT/SIGTERM into a flag checked between chunks.
+
+    Python lets only the main thread install handlers: called from another thread (a
+    notebook worker, a web service, a tuning tool), training runs without them and a
+    signal acts as it would without jaxae.
+    """
 
     def __enter__(self):
-        self.signum = None
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.signum, self._old = None, {}
+        if threading.current_thread() is threading.main_thread():
+            sigs = (signal.SIGINT, signal.SIGTERM)
+            self._old = {s: signal.signal(s, self._handle) for s in sigs}
         return self
 
     def _handle(self, signum, frame):
@@ -136,6 +225,7 @@ def run(
         members), ``timing``, ``dropped``, ``checkpoint`` and ``logs`` paths.
     """
     # --- data first: bad input fails before anything is written ---
+    check_run_name(run)
     train_x, test_x = _data(tcfg, data)
     models_dir, runs_dir = Path(models_dir).resolve(), Path(runs_dir).resolve()
     ckpt_dir, log_dir, lock = prepare_run_dir(
@@ -144,6 +234,13 @@ def run(
     hosts.barrier("jaxae-run-dir")
     try:
         mgr = Checkpointer(ckpt_dir, max_to_keep=tcfg.max_to_keep)
+        if resume and mgr.latest_step() is not None:
+            refuse_changes(mgr.read_config(), prog.config)
+        env = environment()
+        if hosts.is_primary():  # the run records itself before it trains
+            record = {**prog.config, "run": run, "members": prog.names}
+            write_json(ckpt_dir / "config.json", {**record, "argv": sys.argv, "env": env})
+        # the caller's state stays valid whatever happens: the loop donates a copy
         state, last_epoch = _start(prog, mgr, resume)
         config = {**prog.config, "run": run, "members": prog.names}
         summaries = Summaries(log_dir, prog.names, hparams=config, enabled=hosts.is_primary())
@@ -156,9 +253,9 @@ def run(
         compile_s = loop.compile(state)
         state = loop.train(state, progress)
         prog.state = state
-        result = loop.result(run, ckpt_dir, log_dir, compile_s)
+        result = {**loop.result(run, ckpt_dir, log_dir, compile_s), "env": env}
         if hosts.is_primary():
-            (ckpt_dir / "results.json").write_text(json.dumps(result, indent=1))
+            write_json(ckpt_dir / "results.json", result)
         hosts.barrier("jaxae-run-saved")  # every process sees the finished checkpoint
         return result
     finally:
@@ -178,9 +275,10 @@ def _data(tcfg: TrainConfig, data) -> tuple:
 
 
 def _start(prog: Program, mgr: Checkpointer, resume: bool) -> tuple:
-    """(state, last epoch's train means): fresh, or restored from the latest checkpoint."""
+    """(state, last epoch's train means): a copy of the fresh state (the loop donates its
+    buffers), or the state restored from the latest checkpoint."""
     if not (resume and mgr.latest_step() is not None):
-        return prog.state, {}
+        return jax.tree.map(lambda a: a.copy(), prog.state), {}
     state = prog.from_saved(mgr.restore(replicated(jax.eval_shape(prog.to_saved, prog.state))))
     # the last finished epoch's train means travel in the checkpoint's config
     saved_means = mgr.read_config().get("last_epoch", {})
@@ -204,13 +302,23 @@ class _Loop:
     def compile(self, state) -> float:
         """Compile the chunk, evaluation and image functions once; returns seconds."""
         t0 = time.perf_counter()
-        chunk = make_chunk(self.prog.step, binarize_key=self.dk["binarize"])
-        idx0 = hosts.replicate(np.zeros((self.c, self.tcfg.batch_size), np.int32))
-        args = (state, self.prog.hyper, self.train_x, idx0, hosts.replicate(np.int32(0)))
-        self.chunk = jax.jit(chunk, donate_argnums=0).lower(*args).compile()
+        self.chunk = jax.jit(
+            make_chunk(self.prog.step, binarize_key=self.dk["binarize"]), donate_argnums=0
+        )
+        self.compiled = {}
+        self.chunk_fn(self.c, state)
         self.evaluate = jax.jit(self.prog.evaluate)
         self.images = jax.jit(self.prog.images)
         return time.perf_counter() - t0
+
+    def chunk_fn(self, n: int, state):
+        """The chunk of n steps, compiled on first use: a run resumed in the middle of an
+        epoch with another ``--chunk`` ends that epoch with a shorter chunk."""
+        if n not in self.compiled:
+            idx0 = hosts.replicate(np.zeros((n, self.tcfg.batch_size), np.int32))
+            args = (state, self.prog.hyper, self.train_x, idx0, hosts.replicate(np.int32(0)))
+            self.compiled[n] = self.chunk.lower(*args).compile()
+        return self.compiled[n]
 
     def train(self, state, progress: bool):
         """Run chunks until the last step; save each epoch and on a signal."""
@@ -219,9 +327,9 @@ class _Loop:
         # Pending saves always finish: a crash or a signal keeps the last good checkpoint.
         with self.mgr, self.summaries, bar, _Signals() as sig:
             while s < self.total:
-                state, m = self.run_chunk(state, s)
-                s += self.c
-                bar.update(self.c)
+                state, m, n = self.run_chunk(state, s)
+                s += n
+                bar.update(n)
                 bar.set_postfix(epoch=-(-s // self.spe), loss=f"{float(m['loss'].mean()):.2f}")
                 if s % self.spe == 0 or s == self.total:
                     self.end_epoch(state, s)
@@ -238,24 +346,25 @@ class _Loop:
         return state
 
     def run_chunk(self, state, s: int):
-        """``self.c`` steps from global step s: train, check, log; returns (state, metrics)."""
+        """Up to ``self.c`` steps from global step s, never past the epoch's end: train,
+        check, log; returns (state, metrics, steps run)."""
         e, j = divmod(s, self.spe)
         if j == 0 or self.epoch_idx is None:
             self.epoch_idx = self.batches(self.dk["perm"], e)
+        n = min(self.c, self.spe - j)
+        chunk = self.chunk_fn(n, state)
         t = time.perf_counter()
-        idx = hosts.replicate(np.asarray(self.epoch_idx[j : j + self.c]))
-        state, m = self.chunk(
-            state, self.prog.hyper, self.train_x, idx, hosts.replicate(np.int32(s))
-        )
-        m = {k: v.reshape(self.c, -1) for k, v in hosts.to_host(m).items()}
+        idx = hosts.replicate(np.asarray(self.epoch_idx[j : j + n]))
+        state, m = chunk(state, self.prog.hyper, self.train_x, idx, hosts.replicate(np.int32(s)))
+        m = {k: v.reshape(n, -1) for k, v in hosts.to_host(m).items()}
         self.train_s += time.perf_counter() - t
         check_finite(m, s, self.prog.names, self.dropped)
-        self.steps_run += self.c
+        self.steps_run += n
         for k, v in m.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.sum(0)
-        self.n += self.c
-        self.summaries.scalars(s + self.c, {f"train/{k}": v.mean(0) for k, v in m.items()})
-        return state, m
+        self.n += n
+        self.summaries.scalars(s + n, {f"train/{k}": v.mean(0) for k, v in m.items()})
+        return state, m, n
 
     def end_epoch(self, state, s: int) -> None:
         """Train means, test metrics, image grids and a checkpoint at the epoch's end."""

@@ -25,6 +25,76 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
+    run_name = None  # ns -> the run folder's name, set by commands that train
+
+    def parse_args(self, args=None, namespace=None):
+        """Parse; with ``--resume``, omitted flags take the run's saved values and a flag
+        that contradicts them is refused (``resumed``)."""
+        args_list = sys.argv[1:] if args is None else list(args)
+        ns = super().parse_args(args_list, namespace)
+        if getattr(ns, "resume", False) and self.run_name is not None:
+            try:
+                ns = resumed(self, ns, args_list)
+            except config.ConfigError as e:
+                self.exit(2, f"error: {e}\n")
+        return ns
+
+    def explicit(self, argv: list[str]) -> set[str]:
+        """The destinations of the flags that ``argv`` gives (not their defaults)."""
+        quiet = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+        for a in self._actions:
+            if a.option_strings and not isinstance(a, argparse._HelpAction):
+                kw = {"dest": a.dest, "nargs": a.nargs, "type": a.type}
+                if isinstance(a, argparse._StoreTrueAction):
+                    kw = {"dest": a.dest, "action": "store_true"}
+                quiet.add_argument(*a.option_strings, **kw)
+        return set(vars(quiet.parse_known_args(argv)[0]))
+
+
+# Flags a resumed run may change: its length, how steps are chunked, where output goes,
+# progress and evaluation options, and how processes join.
+RESUMABLE_FLAGS = {
+    "epochs", "chunk", "no_progress", "models_dir", "runs_dir", "resume", "overwrite",
+    "coordinator", "num_processes", "process_id", "distributed", "eval_k", "drop_nonfinite",
+}  # fmt: skip
+
+
+def resumed(parser: Parser, args, argv: list[str]):
+    """The run's saved command line, with this one's flags on top.
+
+    The run's ``config.json`` records the argv it was started with; it is parsed again
+    by the same parser. A flag given now that contradicts it, other than
+    ``RESUMABLE_FLAGS``, raises ``ConfigError`` naming the flag.
+    """
+    import json
+    import pathlib
+
+    path = pathlib.Path(args.models_dir) / parser.run_name(args) / "config.json"
+    try:
+        saved_argv = json.loads(path.read_text())["argv"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return args  # no record of a command line: the runner still compares configs
+    command = parser.prog.split()[-1].rsplit(".", 1)[-1]  # "python -m jaxae.train" -> train
+    if pathlib.Path(str(saved_argv[0])).stem != command:
+        return args  # started from Python, not by this command
+    saved = argparse.ArgumentParser.parse_args(parser, saved_argv[1:])
+    given = parser.explicit(argv)
+    for dest in sorted(given - RESUMABLE_FLAGS):
+        here, there = getattr(args, dest), getattr(saved, dest, None)
+        if here != there:
+            flag = next(a.option_strings[-1] for a in parser._actions if a.dest == dest)
+            raise config.ConfigError(
+                f"{flag} {_show(here)} differs from the run's {_show(there)}; start a new run "
+                "or drop the flag"
+            )
+    for dest in given & RESUMABLE_FLAGS:
+        setattr(saved, dest, getattr(args, dest))
+    return saved
+
+
+def _show(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
+
 
 def checked(check):
     """An argparse ``type`` from a ``jaxae.config`` check (its message becomes the error)."""

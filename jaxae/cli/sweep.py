@@ -79,6 +79,7 @@ def build_sweep(args) -> config.SweepConfig:
 
 def sweep_main(parser, default_name: str, figures, argv=None, columns=None) -> int:
     """Parse, build the sweep, run it, print the result and the summary table."""
+    parser.run_name = lambda ns: ns.name or default_name
     args = parser.parse_args(argv)
 
     def main():

@@ -61,7 +61,23 @@ def parser() -> Parser:
     )
     p.add_argument("--run", default=None, help="run name (default: derived from the model)")
     add_train_flags(p)
+    p.run_name = run_name
     return p
+
+
+def model_config(args) -> config.ModelConfig:
+    return config.ModelConfig(
+        kind=args.kind,
+        hidden=tuple(args.hidden),
+        latent=args.latent,
+        likelihood=args.likelihood or config.default_likelihood(args.kind),
+        beta=args.beta,
+    )
+
+
+def run_name(args) -> str:
+    """``--run``, or a name derived from the model and its seed."""
+    return args.run or f"{model_config(args).name}-seed{args.seed}"
 
 
 def main(argv=None) -> int:
@@ -71,15 +87,8 @@ def main(argv=None) -> int:
         start_hosts(args)
         from jaxae.runner import fit
 
-        cfg = config.ModelConfig(
-            kind=args.kind,
-            hidden=tuple(args.hidden),
-            latent=args.latent,
-            likelihood=args.likelihood or config.default_likelihood(args.kind),
-            beta=args.beta,
-        )
-        run = args.run or f"{cfg.name}-seed{args.seed}"
-        res = fit(cfg, train_config(args, seed=args.seed), run, **run_kwargs(args))
+        cfg = model_config(args)
+        res = fit(cfg, train_config(args, seed=args.seed), run_name(args), **run_kwargs(args))
         print(format_result(res))
         return 0
 
