@@ -243,14 +243,19 @@ def _is_orbax_read_leak(unraisable: Any) -> bool:
     """True for the two reports a failed orbax restore leaves behind (see below)."""
     if getattr(unraisable.object, "__qualname__", "") == "_read_array_index_and_device_put":
         return True
-    tb = unraisable.exc_traceback
-    return (
-        unraisable.object is None
-        and isinstance(unraisable.exc_value, RuntimeError)
+    if not (
+        isinstance(unraisable.exc_value, RuntimeError)
         and str(unraisable.exc_value) == "Event loop is closed"
-        and tb is not None
-        and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
-    )
+    ):
+        return False
+    # Raised by asyncio when a finished TensorStore read calls back into the closed loop;
+    # the frame that raised it may sit anywhere in the traceback, depending on the callback.
+    tb = unraisable.exc_traceback
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in ("call_soon_threadsafe", "_check_closed"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _quiet_orbax_read_leaks() -> None:

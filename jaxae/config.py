@@ -293,6 +293,26 @@ def grid(
     return tuple(members.values())
 
 
+def hparams(member: Member, tcfg: TrainConfig) -> dict:
+    """A member's hyperparameters as TensorBoard's HParams dashboard takes them
+    (str, bool or number per name): the model fields, the member's seed and the
+    training settings a reader compares runs by."""
+    m = member.model
+    return {
+        "kind": m.kind,
+        "likelihood": m.likelihood,
+        "latent": m.latent,
+        "beta": m.beta,
+        "seed": member.seed,
+        "hidden": "-".join(str(h) for h in m.hidden),
+        "lr": tcfg.lr,
+        "batch_size": tcfg.batch_size,
+        "epochs": tcfg.epochs,
+        "data_seed": tcfg.data_seed,
+        "dataset": tcfg.dataset,
+    }
+
+
 # --- JSON round trips ------------------------------------------------------------------------
 
 

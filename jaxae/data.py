@@ -450,7 +450,8 @@ def _load_tfds(name, split, data_dir, download):
       name: TFDS dataset name, e.g. "mnist" or "mnist:3.0.1".
       split: TFDS split, e.g. "train" or "test[:10%]".
       data_dir: TFDS data folder or None for TFDS's default.
-      download: let TFDS download and prepare the dataset if it is missing.
+      download: ignored: preparing a TFDS dataset needs TensorFlow (``tfds build``), so
+        a dataset that is not prepared is an error, never minutes of download retries.
 
     Returns:
       (images uint8 (N, H, W, C), labels int32 (N,)).
@@ -461,7 +462,9 @@ def _load_tfds(name, split, data_dir, download):
     except ImportError as e:
         raise DataError(f"{where}: needs tensorflow-datasets (pip install it)") from e
     try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+        # Never let tfds download and prepare: that needs TensorFlow, and offline it
+        # retries for minutes. A dataset that is not prepared fails here at once.
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises many exception types; report any in one line
         first = (str(e).strip().splitlines() or [""])[0].rstrip(":")
         folder = data_dir or "$TFDS_DATA_DIR or ~/tensorflow_datasets"

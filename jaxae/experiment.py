@@ -119,7 +119,7 @@ def run_sweep(
     """
     result, prog = fit_sweep(sweep, name, **kwargs)
     out = Path(result["checkpoint"])
-    evals = evaluate_run(load(out), k=eval_k, progress=kwargs.get("progress", True))
+    evals = evaluate_run(load(out), k=eval_k, progress=kwargs.get("progress"))
     rows = member_rows(sweep, result, evals)
     summary = aggregate(rows)
     extra = {

@@ -47,6 +47,18 @@ def pca_mse(train_x, test_x, ks) -> dict[int, float]:
     return out
 
 
+def active_units(z, threshold: float = 0.01):
+    """Latent dims whose posterior mean varies over the data (Burda et al. 2016, sec. 5.2).
+
+    Args:
+        z: (..., N, D) posterior means of N examples.
+        threshold: a dim is active when its variance over the N examples exceeds it.
+    Returns:
+        (...,) number of active dims.
+    """
+    return (np.asarray(z).var(-2) > threshold).sum(-1)
+
+
 # --- importance-weighted log-likelihood (Burda et al. 2016, eq. 8) ------------------------
 
 
@@ -108,7 +120,7 @@ def evaluate_run(
     chunk: int = 250,
     batch: int = 100,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> list[dict]:
     """Test metrics of every member: -ELBO, IW NLL (k samples), MSE, active units, PCA.
 
@@ -153,7 +165,7 @@ def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, pro
     enc = jax.jit(jax.vmap(lambda p, m: model.apply(p, flat, mask=m, method=Model.encode)[0]))
     z = np.asarray(enc(params, masks))[:, :n]  # (G, N, D) posterior means
     mse = _mse(model, params, masks, x, xt, w, n)
-    stats = {"mse": mse, "active_units": (z.var(1) > 0.01).sum(-1)}
+    stats = {"mse": mse, "active_units": active_units(z)}
     if cfg.kind == "vae":
         stats["sample_entropy"] = _sample_entropy(model, params, masks, seed)
     if k == 0 or cfg.kind != "vae" or not likelihoods.get(cfg.likelihood).is_density:
@@ -164,7 +176,8 @@ def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, pro
 
     terms = jax.jit(jax.vmap(iw, in_axes=(0, 0, None, None)))
     sums = {"iw": 0.0, "elbo": 0.0, "elbo1": 0.0}
-    for i in tqdm(range(x.shape[0]), disable=not progress, desc=f"IW bound, k={k}"):
+    bar = {"disable": None if progress is None else not progress, "desc": f"IW bound, k={k}"}
+    for i in tqdm(range(x.shape[0]), **bar):
         out = terms(params, masks, xt[i], jax.random.fold_in(jax.random.key(seed), i))
         for name in sums:
             sums[name] = sums[name] + np.asarray((out[name] * w[i]).sum(-1))

@@ -1,4 +1,9 @@
-"""Matplotlib figures (Agg backend) and image grids."""
+"""Matplotlib figures and image grids, drawn with matplotlib's object API.
+
+Figures are ``matplotlib.figure.Figure`` objects saved straight to files: no pyplot, no
+global backend switch, so a notebook's inline backend and a user's own figures are left
+as they were.
+"""
 
 from __future__ import annotations
 
@@ -25,22 +30,17 @@ def tile(images, cols: int | None = None, pad: int = 1):
 
 def save_png(path, grid, scale: int = 3) -> None:
     """Write an (H, W, C) grid in [0, 1] as a PNG (grey for C == 1), enlarged ``scale`` x."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.image import imsave
 
     g = np.asarray(grid).repeat(scale, 0).repeat(scale, 1)
-    plt.imsave(str(path), g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=1)
+    imsave(str(path), g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=1)
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    """A figure that belongs to no pyplot state (``Figure.savefig`` picks the renderer)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def _series(summary, kind, x, y):
@@ -50,7 +50,6 @@ def _series(summary, kind, x, y):
 
 def latent_curves(summary: list[dict], path) -> None:
     """VAE test -ELBO and recon, KL; MSE per pixel (PCA reference) and active units."""
-    plt = _pyplot()
     kinds = sorted({r["kind"] for r in summary})
     panels = [
         ("test_loss", "VAE test -ELBO and recon (nats)", ["vae"]),
@@ -59,7 +58,8 @@ def latent_curves(summary: list[dict], path) -> None:
         ("active_units", "active latent units", kinds),
     ]
     panels = [p for p in panels if set(p[2]) & set(kinds) and p[0] in summary[0]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    fig = _figure(figsize=(4.5 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (y, title, ks) in zip(axes[0], panels, strict=True):
         for k in ks:
             if k in kinds:
@@ -86,14 +86,13 @@ def latent_curves(summary: list[dict], path) -> None:
     fig.suptitle("mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def rate_distortion(summary: list[dict], path) -> None:
     """Recon vs KL across betas (rate-distortion), and both vs beta."""
-    plt = _pyplot()
     rs = sorted((r for r in summary if r["kind"] == "vae"), key=lambda r: r["beta"])
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 3.8))
+    fig = _figure(figsize=(15, 3.8))
+    a, b, c = fig.subplots(1, 3)
     a.errorbar(
         [r["test_kl"] for r in rs],
         [r["test_recon"] for r in rs],
@@ -143,18 +142,17 @@ def rate_distortion(summary: list[dict], path) -> None:
     b.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def sheet(names: list[str], grids, path, *, title: str | None = None) -> None:
     """Image grids (H, W, C) side by side, one titled panel per member."""
-    plt = _pyplot()
     n = len(names)
     cols = min(n, 6)
     rows = math.ceil(n / cols)
     h, w = np.asarray(grids[0]).shape[:2]
     size = 2.2 * max(1.0, w / h)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, 2.5 * rows), squeeze=False)
+    fig = _figure(figsize=(size * cols, 2.5 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, name, g in zip(axes.flat, names, grids, strict=False):
@@ -165,16 +163,15 @@ def sheet(names: list[str], grids, path, *, title: str | None = None) -> None:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def scatter(names: list[str], points, labels, path, *, xlabel="z1", ylabel="z2") -> None:
     """Latent means (n, 2) per member, coloured by class label."""
-    plt = _pyplot()
     n = len(names)
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
+    fig = _figure(figsize=(4.2 * cols, 4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, name, p in zip(axes.flat, names, points, strict=False):
@@ -185,4 +182,3 @@ def scatter(names: list[str], points, labels, path, *, xlabel="z1", ylabel="z2")
         ax.set_ylabel(ylabel)
     fig.colorbar(sc, ax=axes.ravel().tolist(), ticks=range(10), label="digit")
     fig.savefig(path, dpi=110)
-    plt.close(fig)

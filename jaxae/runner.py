@@ -73,6 +73,12 @@ def config_changes(saved, new, path: str = "") -> list[tuple[str, object, object
                 continue
             out += config_changes(saved.get(k), v, f"{path}.{k}" if path else k)
         return out
+    if isinstance(new, list) and isinstance(saved, list) and len(new) == len(saved):
+        return [
+            c
+            for i, (a, b) in enumerate(zip(saved, new, strict=True))
+            for c in config_changes(a, b, f"{path}.{i}")
+        ]
     return [] if new == saved else [(path, new, saved)]
 
 
@@ -207,7 +213,7 @@ def run(
     runs_dir="runs",
     resume=False,
     overwrite=False,
-    progress=True,
+    progress: bool | None = None,
     drop_nonfinite=False,
 ) -> dict:
     """Train ``prog`` for ``tcfg.epochs`` epochs; returns final metrics and timings.
@@ -219,6 +225,8 @@ def run(
         data: ``(train_x, test_x)`` uint8 arrays (N, F) to train on instead of loading
             ``tcfg.dataset`` (tests and benchmarks drive the real loop on small data).
         resume: continue from the run's latest checkpoint; overwrite: start it again.
+        progress: show a progress bar on stderr; ``None``: only when stderr is a terminal
+            (logs of CI jobs and batch systems stay free of ``\r`` lines).
         drop_nonfinite: a member whose loss turns NaN/Inf is dropped, the others go on.
     Returns:
         dict with ``members``, ``steps``, ``test`` and ``train`` metrics (lists over
@@ -243,7 +251,7 @@ def run(
         # the caller's state stays valid whatever happens: the loop donates a copy
         state, last_epoch = _start(prog, mgr, resume)
         config = {**prog.config, "run": run, "members": prog.names}
-        summaries = Summaries(log_dir, prog.names, hparams=config, enabled=hosts.is_primary())
+        summaries = Summaries(log_dir, prog.names, prog.hparams, enabled=hosts.is_primary())
         s = global_step(state)
         spe = train_x.shape[0] // tcfg.batch_size
         if resume and not last_epoch and s:  # checkpoints of older runs: read the logs
@@ -320,17 +328,18 @@ class _Loop:
             self.compiled[n] = self.chunk.lower(*args).compile()
         return self.compiled[n]
 
-    def train(self, state, progress: bool):
+    def train(self, state, progress: bool | None):
         """Run chunks until the last step; save each epoch and on a signal."""
         s = saved = global_step(state)
-        bar = tqdm(total=self.total, initial=s, disable=not progress, unit="step")
+        bar = tqdm(total=self.total, initial=s, disable=bar_disabled(progress), unit="step")
+        kinds = [h.get("kind", "") for h in self.prog.hparams] or [""] * len(self.prog.names)
         # Pending saves always finish: a crash or a signal keeps the last good checkpoint.
         with self.mgr, self.summaries, bar, _Signals() as sig:
             while s < self.total:
                 state, m, n = self.run_chunk(state, s)
                 s += n
                 bar.update(n)
-                bar.set_postfix(epoch=-(-s // self.spe), loss=f"{float(m['loss'].mean()):.2f}")
+                bar.set_postfix(epoch=-(-s // self.spe), **kind_means(m["loss"], kinds))
                 if s % self.spe == 0 or s == self.total:
                     self.end_epoch(state, s)
                     saved = s
@@ -401,6 +410,22 @@ class _Loop:
             "checkpoint": str(ckpt_dir),
             "logs": str(log_dir),
         }
+
+
+def bar_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: ``None`` hides the bar when stderr is not a terminal."""
+    return None if progress is None else not progress
+
+
+def kind_means(loss, kinds: list[str]) -> dict:
+    """The progress bar's losses: one mean per model kind (a VAE's -ELBO in nats and an
+    AE's squared error are different quantities; their average means nothing)."""
+    loss = np.asarray(loss).reshape(-1, len(kinds))[-1]
+    out = {}
+    for k in dict.fromkeys(kinds):
+        sel = [i for i, kk in enumerate(kinds) if kk == k]
+        out[f"{k} loss".strip()] = f"{float(np.nanmean(loss[sel])):.4g}"
+    return out
 
 
 def global_step(state) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxae import likelihoods
-from jaxae.config import HYPER, Member, ModelConfig, TrainConfig, to_dict
+from jaxae.config import HYPER, Member, ModelConfig, TrainConfig, hparams, to_dict
 from jaxae.losses import elbo_loss
 from jaxae.models import Model, init_params, latent_mask
 
@@ -235,9 +235,8 @@ class Program:
     evaluate: Callable  # evaluate(state, h, test) -> {name: (M,)}
     images: Callable  # images(state, h, x_test) -> {name: (M, n, H, W, C)}
     config: dict
-    # the state as checkpoints hold it, and back (a sweep drops its inert padding members)
-    to_saved: Callable = lambda state: state
-    from_saved: Callable = lambda state: state
+    # one {name: value} per member for TensorBoard's HParams dashboard (config.hparams)
+    hparams: list = dataclasses.field(default_factory=list)
     # the state as checkpoints hold it, and back (a sweep drops its inert padding members)
     to_saved: Callable = lambda state: state
     from_saved: Callable = lambda state: state
@@ -301,4 +300,5 @@ def single_program(cfg: ModelConfig, tcfg: TrainConfig):
         evaluate=evaluate,
         images=images,
         config={"type": "model", "model": to_dict(cfg), "train": to_dict(tcfg)},
+        hparams=[hparams(Member(cfg, tcfg.seed), tcfg)],
     )

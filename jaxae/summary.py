@@ -2,6 +2,12 @@
 
 Layout: ``runs/<run>/<member>/`` (events file and ``scalars.jsonl``), so TensorBoard
 overlays the members' curves. A single-model run has one member named ``.``.
+
+Each member's writer also records the member's hyperparameters as an HParams session
+(``config.hparams``), with the test metrics (``HPARAM_METRICS``) as the session's
+metrics: TensorBoard's HParams dashboard then tabulates, filters and plots the members
+by latent size, beta or seed. The records go into the member's own events file (not
+``add_hparams``, which would make a timestamped folder per call).
 """
 
 from __future__ import annotations
@@ -11,8 +17,12 @@ from pathlib import Path
 
 import numpy as np
 from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summary
 
 from jaxae.plots import tile
+
+# the scalars the HParams dashboard shows beside each member's hyperparameters
+HPARAM_METRICS = ("test/loss", "test/recon", "test/kl", "test/mse")
 
 
 def member_dir(name: str) -> str:
@@ -23,9 +33,14 @@ def member_dir(name: str) -> str:
 class Summaries:
     """Scalars and images for M members; values are arrays with a trailing member axis."""
 
-    def __init__(self, log_dir, names: list[str], hparams: dict | None = None, enabled=True):
+    def __init__(self, log_dir, names: list[str], hparams: list[dict] | None = None, enabled=True):
         """One writer per member under ``log_dir``; ``enabled=False`` writes nothing (the
-        processes of a multi-host run other than process 0)."""
+        processes of a multi-host run other than process 0).
+
+        Args:
+            hparams: one {name: str | bool | number} per member, recorded as its HParams
+                session (``config.hparams`` builds them).
+        """
         self.dirs = [
             Path(log_dir) / member_dir(n) if len(names) > 1 else Path(log_dir) for n in names
         ]
@@ -34,10 +49,10 @@ class Summaries:
             return
         self.writers = [SummaryWriter(str(d)) for d in self.dirs]
         self.jsonl = [open(d / "scalars.jsonl", "a") for d in self.dirs]  # noqa: SIM115
-        if hparams:
-            text = json.dumps(hparams, indent=1)
-            for w in self.writers:
-                w.add_text("config", f"```\n{text}\n```", 0)
+        for w, h in zip(self.writers, hparams or [], strict=True):
+            metrics = dict.fromkeys(HPARAM_METRICS, 0.0)  # the values are read from the scalars
+            for record in hparams_summary(h, metrics):  # experiment, session start, session end
+                w.file_writer.add_summary(record)
 
     def scalars(self, step: int, values: dict) -> None:
         for i, (w, f) in enumerate(zip(self.writers, self.jsonl, strict=True)):

@@ -17,7 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxae import hosts
-from jaxae.config import PADDED, Member, ModelConfig, SweepConfig, structure, to_dict
+from jaxae.config import (
+    PADDED,
+    Member,
+    ModelConfig,
+    SweepConfig,
+    hparams,
+    structure,
+    to_dict,
+)
 from jaxae.models import Model
 from jaxae.step import (
     Program,
@@ -220,6 +228,7 @@ def sweep_program(sweep: SweepConfig):
         evaluate=evaluate,
         images=images,
         config={"type": "sweep", "sweep": to_dict(sweep)},
+        hparams=[hparams(m, tcfg) for m in members],
         to_saved=to_saved,
         from_saved=from_saved,
     )

@@ -36,3 +36,12 @@ def run_py(*args, env=None, timeout=300, cwd=None):
 def run_cli(*args, **kw):
     """Run ``python -m ARGS`` in a subprocess."""
     return run_py("-m", *args, **kw)
+
+
+def embed(small, big):
+    """``big`` (e.g. random params of a wider model) with ``small`` written into the leading
+    corner of every leaf: a padded model whose padding is NOT zero, so only the latent
+    mask can make it behave like ``small``."""
+    import jax
+
+    return jax.tree.map(lambda b, s: b.at[tuple(slice(0, n) for n in s.shape)].set(s), big, small)

@@ -128,6 +128,31 @@ def test_help_without_jax_shows_defaults():
     assert "(default: [2, 4, 8, 16, 32, 64])" in p.stdout  # the latent sweep's axis
 
 
+def test_console_scripts_answer_help_under_their_own_name():
+    import shutil
+    import tomllib
+
+    toml = (pathlib.Path(ROOT) / "pyproject.toml").read_text()
+    scripts = tomllib.loads(toml)["project"]["scripts"]
+    assert {"jaxae-train", "jaxae-sample", "jaxae-evaluate", "jaxae-latent-sweep"} <= set(scripts)
+    bindir = pathlib.Path(sys.executable).parent
+    for name in scripts:
+        exe = shutil.which(name, path=str(bindir))
+        assert exe, f"{name} is not installed beside {sys.executable} (pip install -e .)"
+        p = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr[-1000:]
+        assert p.stdout.startswith(f"usage: {name} "), p.stdout[:200]
+
+
+def test_resume_knows_a_command_by_any_of_its_names():
+    from jaxae.cli import command
+
+    for argv0 in ("/v/jaxae/train.py", "python -m jaxae.train", "/v/bin/jaxae-train"):
+        assert command(argv0.split()[-1]) == "train"
+    assert command("/v/bin/jaxae-latent-sweep") == command("experiments/latent_sweep.py")
+    assert command("jaxae-sample") != command("jaxae-train")
+
+
 # --- the likelihood registry -------------------------------------------------------------
 
 
@@ -233,3 +258,32 @@ def test_loaded_members_prepare_inputs_as_the_loop_evaluated(tmp_path, data_dir)
         xhat = np.asarray(run.reconstruct(i, run.test_set(i)[1])).reshape(x.shape)
         mse = float(np.square(xhat - x).mean())
         np.testing.assert_allclose(mse, res["test"]["mse"][i], rtol=1e-4)
+
+
+FIGURES_KEEP_BACKEND = """
+import sys
+import matplotlib
+matplotlib.use("svg")  # a user's (or a notebook's) choice
+import numpy as np
+from jaxae import plots
+rows = [{"kind": k, "latent": z, "test_loss": 1.0, "test_recon": 1.0, "test_kl": 1.0,
+         "test_mse": 0.1, "pca_mse": 0.2, "active_units": 1, "beta": 1.0}
+        for k in ("ae", "vae") for z in (2, 4)]
+plots.latent_curves(rows, sys.argv[1] + "/curves.png")
+plots.sheet(["a", "b"], [np.zeros((8, 8, 1))] * 2, sys.argv[1] + "/sheet.png")
+plots.save_png(sys.argv[1] + "/grid.png", np.zeros((8, 8, 1)))
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+assert "matplotlib.pyplot" not in sys.modules
+"""
+
+
+def test_figures_leave_the_matplotlib_backend_alone(tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-c", FIGURES_KEEP_BACKEND, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    for name in ("curves.png", "sheet.png", "grid.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

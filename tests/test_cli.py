@@ -128,6 +128,9 @@ def test_scatter_and_evaluate(ckpts, tmp_path):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert (ckpts["sweep"] / "eval.json").exists() and "NLL IW" in p.stdout
+    # the bounds are ordered: NLL_iw <= -ELBO_k <= -ELBO_1 (+ Monte Carlo noise)
+    for m in json.loads((ckpts["sweep"] / "eval.json").read_text())["members"]:
+        assert m["nll_iw"] <= m["neg_elbo_k"] <= m["neg_elbo_1"] + 1.0, m
 
 
 LOAD = """
@@ -235,6 +238,18 @@ BAD = [
     ("flipped byte in checkpoint", ["jaxae.sample", "--ckpt", "{flipped}"], "corrupt"),
     ("evaluate: negative k", ["jaxae.evaluate", "--ckpt", "{vae}", "--k", "-1"], "must be >= 0"),
     ("evaluate: missing checkpoint", ["jaxae.evaluate", "--ckpt", "{tmp}/nope"], "no checkpoint"),
+    ("run name escapes", [*TRAIN, "--run", "../x"], "must be a plain folder name"),
+    ("absolute run name", [*TRAIN, "--run", "/tmp/x"], "must be a plain folder name"),
+    (
+        "resume with another batch size",
+        [*TRAIN, "--run", "vae", "--models-dir", "{models}", "--resume", "--batch-size", "64"],
+        "--batch-size 64 differs from the run's 128; start a new run or drop the flag",
+    ),
+    (
+        "resume a sweep with other latents",
+        ["experiments.latent_sweep", "--models-dir", "{models}", "--resume", "--latents", "2", "8"],
+        "--latents 2 8 differs from the run's 2 4",
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ import gzip
 import http.server
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -323,3 +324,12 @@ def test_tfds_unknown_dataset(tmp_path):
 def test_tfds_not_prepared(tmp_path):
     with pytest.raises(DataError, match=r"tfds:mnist split 'test': cannot open"):
         load("tfds:mnist", "test", data_dir=tmp_path, download=False)
+
+
+def test_tfds_not_prepared_fails_fast_offline(tmp_path):
+    # the default download=True must not start a download-and-prepare (offline: retries)
+    t = time.perf_counter()
+    with pytest.raises(DataError, match=r"tfds:mnist split 'test': cannot open .*prepared"):
+        load("tfds:mnist", "test", data_dir=tmp_path)
+    assert time.perf_counter() - t < 30
+    assert not any(tmp_path.rglob("*"))  # nothing written

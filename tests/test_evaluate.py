@@ -1,12 +1,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from helpers import tiny_model
+from helpers import embed, tiny_model
 
 from jaxae.losses import gaussian_log_density
 from jaxae.metrics import iw_bound, log_weights, model_iw_terms, pca_mse
 from jaxae.models import Model, init_params
-from jaxae.sweep import pad_to
 
 # A linear-Gaussian model: z ~ N(0, I_2), x | z ~ N(W z + b, s^2 I_3); p(x) is Gaussian.
 W = jnp.array([[1.0, -0.5], [0.3, 0.8], [-0.7, 0.2]])
@@ -70,7 +69,7 @@ def test_elbo_is_k1_bound_in_expectation():
 def test_padded_latent_dims_change_neither_elbo_nor_nll():
     small, big = tiny_model(latent=2), tiny_model(latent=5)
     p_small = init_params(small, jax.random.key(0))
-    p_big = pad_to(p_small, jax.eval_shape(lambda: init_params(big, jax.random.key(0))))
+    p_big = embed(p_small, init_params(big, jax.random.key(9)))  # non-zero padding
     x = jax.random.bernoulli(jax.random.key(1), 0.3, (4, 784)).astype(jnp.float32)
     mask = (jnp.arange(5) < 2).astype(jnp.float32)
     key = jax.random.key(3)
@@ -92,3 +91,26 @@ def test_pca_mse_matches_numpy():
         np.testing.assert_allclose(
             pca_mse(train, test, [k])[k], np.mean((rec - test) ** 2), rtol=1e-6, atol=1e-10
         )
+
+
+def test_iw_chunks_draw_independent_noise():
+    # k = 2 chunks: if both chunks reused one key, their log-weights would repeat and the
+    # 2-chunk bound would equal the 1-chunk bound exactly
+    cfg = tiny_model(latent=3)
+    params = init_params(cfg, jax.random.key(0))
+    x = jax.random.bernoulli(jax.random.key(1), 0.3, (4, 784)).astype(jnp.float32)
+    mask, key = jnp.ones(3), jax.random.key(5)
+    one = model_iw_terms(params, x, mask, key=key, k=16, chunk=16, model=Model(cfg))
+    two = model_iw_terms(params, x, mask, key=key, k=32, chunk=16, model=Model(cfg))
+    assert np.all(np.abs(np.asarray(two["iw"] - one["iw"])) > 1e-4)
+    np.testing.assert_array_equal(one["elbo1"], two["elbo1"])  # the first chunk is shared
+
+
+def test_active_units_by_hand():
+    # posterior means with variances 0.5, 0.02, 0.005 and 0 over the test set: 2 active
+    from jaxae.metrics import active_units
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((10000, 4)) * np.sqrt([0.5, 0.02, 0.005, 0.0])
+    assert active_units(z) == 2
+    assert active_units(z, threshold=0.001) == 3

@@ -1,9 +1,11 @@
 """Resume, interruption, lock and non-finite guard (issue: reliability)."""
 
 import fcntl
+import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -16,7 +18,7 @@ from jaxae import sweep as jsweep
 from jaxae.checkpoint import Checkpointer
 from jaxae.config import Member, SweepConfig
 from jaxae.restore import load
-from jaxae.runner import run
+from jaxae.runner import RunError, fit, run
 from jaxae.step import NonFiniteError, single_program
 
 TRAIN = ["jaxae.train", "--hidden", "16", "--train-size", "640", "--no-progress", "--chunk", "1"]
@@ -73,7 +75,10 @@ def test_signal_saves_and_resume_continues_exactly(tmp_path, sig, code):
     assert 0 < stopped < 100  # 20 epochs x 5 steps; it stopped early
     if sig == signal.SIGTERM:
         return  # the exit path is the same; the exact-resume check runs once, for SIGINT
-    p = run_cli(*base, "--run", "x", "--resume")
+    # --resume reads the run's saved flags: only the run, the folders and an allowed
+    # change (another --chunk, after a stop in the middle of an epoch) are given
+    out = base[base.index("--models-dir") :]
+    p = run_cli("jaxae.train", "--run", "x", "--resume", "--chunk", "5", *out)
     assert p.returncode == 0, p.stderr[-2000:]
     p = run_cli(*base, "--run", "y")
     assert p.returncode == 0, p.stderr[-2000:]
@@ -119,6 +124,9 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteError, match=r"step 14 in member vae,latent=4"):
         run(prog, tcfg, "n", models_dir=tmp_path / "m", runs_dir=tmp_path / "r", progress=False)
     assert Checkpointer(tmp_path / "m" / "n", create=False).latest_step() == 10
+    kept = load(tmp_path / "m" / "n")  # the kept checkpoint restores, and is finite
+    assert kept.step == 10
+    assert all(np.isfinite(a).all() for a in _leaves(kept.state))
 
 
 def test_drop_nonfinite_drops_only_that_member(tmp_path):
@@ -171,3 +179,99 @@ def test_nonfinite_cli_message(tmp_path):
 def test_single_model_program_names_member():
     prog = single_program(tiny_model(), tiny_train())
     assert prog.names == ["vae,latent=2,beta=1,seed=0"]
+
+
+# --- runs that remember their config ----------------------------------------------------
+
+
+def _kw(tmp_path):
+    return {"models_dir": tmp_path / "m", "runs_dir": tmp_path / "r", "progress": False}
+
+
+def test_run_records_config_and_environment(tmp_path):
+    res = run(
+        single_program(tiny_model(), tiny_train(epochs=1)),
+        tiny_train(epochs=1),
+        "c",
+        **_kw(tmp_path),
+    )
+    doc = json.loads((tmp_path / "m" / "c" / "config.json").read_text())
+    assert doc["model"]["latent"] == 2 and doc["train"]["batch_size"] == 128
+    assert doc["argv"] == sys.argv and doc["members"] == ["vae,latent=2,beta=1,seed=0"]
+    env = doc["env"]
+    assert env["versions"]["jax"] == jax.__version__ and env["device_count"] == jax.device_count()
+    assert env["platform"] == "cpu" and "git_commit" in env
+    assert res["env"] == env
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"batch_size": 64}, "train.batch_size 64 differs from the run's 128"),
+        ({"lr": 3e-3}, "train.lr 0.003 differs from the run's 0.001"),
+        ({"data_seed": 1}, "train.data_seed 1 differs from the run's 0"),
+    ],
+)
+def test_resume_refuses_a_changed_config(tmp_path, change, message):
+    tcfg = tiny_train(epochs=1)
+    run(single_program(tiny_model(), tcfg), tcfg, "c", **_kw(tmp_path))
+    before = sorted(p.name for p in (tmp_path / "m" / "c").iterdir())
+    other = tiny_train(epochs=2, **change)
+    with pytest.raises(RunError, match=message):
+        run(single_program(tiny_model(), other), other, "c", resume=True, **_kw(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "m" / "c").iterdir()) == before
+
+
+def test_resume_refuses_other_sweep_members(tmp_path):
+    def sweep(beta):
+        members = (Member(tiny_model(), 0), Member(tiny_model(beta=beta), 0))
+        return SweepConfig(members, tiny_train(epochs=1))
+
+    s = sweep(2.0)
+    run(jsweep.sweep_program(s), s.train, "s", **_kw(tmp_path))
+    s = sweep(4.0)
+    with pytest.raises(RunError, match=r"sweep.members.1.model.beta 4.0 differs from .* 2.0"):
+        run(jsweep.sweep_program(s), s.train, "s", resume=True, **_kw(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/x", "a/b", "..", ""])
+def test_run_names_cannot_escape(tmp_path, name):
+    tcfg = tiny_train(epochs=1)
+    with pytest.raises(RunError, match="plain folder name"):
+        run(single_program(tiny_model(), tcfg), tcfg, name, **_kw(tmp_path))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "m").exists()
+
+
+def test_fit_from_a_worker_thread(tmp_path):
+    out = {}
+
+    def work():
+        try:
+            out["res"] = fit(tiny_model(), tiny_train(epochs=1), "t", **_kw(tmp_path))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            out["error"] = e
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(300)
+    assert "error" not in out, out.get("error")
+    assert out["res"]["steps"] == 10
+
+
+def test_callers_state_survives_an_exception_in_run(tmp_path):
+    tcfg = tiny_train(epochs=1)
+    prog = single_program(tiny_model(), tcfg)
+    before = _leaves(prog.state)
+    step = prog.step
+
+    def poisoned(state, h, x, s, bkey):
+        state, m = step(state, h, x, s, bkey)
+        m["loss"] = jnp.where(s >= 7, jnp.nan, m["loss"])
+        return state, m
+
+    prog.step = poisoned
+    with pytest.raises(NonFiniteError):
+        run(prog, tcfg, "n", **_kw(tmp_path))
+    assert not any(a.is_deleted() for a in jax.tree.leaves(prog.state))  # no donated buffers
+    for a, b in zip(before, _leaves(prog.state), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -9,6 +9,7 @@ from jaxae import step as train
 from jaxae import sweep as jsweep
 from jaxae.config import ConfigError, Member, SweepConfig
 from jaxae.runner import run
+from jaxae.summary import member_dir
 
 
 def _run(prog, tcfg, path, name="r"):
@@ -130,7 +131,6 @@ def test_latent_sweep_cli(tmp_path):
         "1",
         "--train-size",
         "640",
-        "--no-progress",
         "--models-dir",
         str(tmp_path / "m"),
         "--runs-dir",
@@ -147,3 +147,45 @@ def test_latent_sweep_cli(tmp_path):
     assert (out / "results.csv").read_text().count("\n") == 9
     assert len(list((tmp_path / "r" / "latent_sweep").iterdir())) == 8  # one run per member
     assert "PCA" in p.stdout
+    # stderr is a pipe here: no progress bars unless asked for
+    assert "step/s" not in p.stderr and "IW bound" not in p.stderr, p.stderr[-500:]
+    check_tensorboard(tmp_path / "r" / "latent_sweep", doc["members"])
+
+
+def check_tensorboard(logdir, members):
+    """Read every member's events with TensorBoard's own reader: train and test scalars,
+    image grids, and an HParams session holding that member's hyperparameters."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for m in members:
+        d = logdir / member_dir(m["member"])
+        ea = EventAccumulator(str(d), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+        ea.Reload()
+        tags = ea.Tags()
+        for tag in ("train/loss", "test/loss", "test/mse"):
+            assert tag in tags["scalars"], (m["member"], tag, tags["scalars"])
+        assert ea.Scalars("test/loss")[-1].value == pytest.approx(m["test_loss"], rel=1e-5)
+        assert {"recon", "samples"} <= set(tags["images"])
+        grid = ea.Images("samples")[-1]
+        assert grid.width > 28 and grid.height > 28
+        content = ea.PluginTagToContent("hparams")
+        data = {tag: plugin_data_pb2.HParamsPluginData.FromString(c) for tag, c in content.items()}
+        experiment = data["_hparams_/experiment"].experiment
+        assert {i.name for i in experiment.hparam_infos} >= {"kind", "latent", "beta", "seed"}
+        assert {mi.name.tag for mi in experiment.metric_infos} >= {"test/loss", "test/mse"}
+        hp = data["_hparams_/session_start_info"].session_start_info.hparams
+        assert hp["kind"].string_value == m["kind"]
+        assert hp["latent"].number_value == m["latent"]
+        assert hp["seed"].number_value == m["seed"]
+        assert hp["hidden"].string_value == "16" and hp["lr"].number_value == 1e-3
+        assert hp["epochs"].number_value == 1 and hp["dataset"].string_value == "mnist"
+
+
+def test_progress_bar_shows_one_loss_per_kind():
+    from jaxae.runner import kind_means
+
+    # (steps, members): the last step's losses, averaged within each kind only
+    loss = np.array([[9.0, 9.0, 9.0], [0.02, 0.04, 101.0]])
+    assert kind_means(loss, ["ae", "ae", "vae"]) == {"ae loss": "0.03", "vae loss": "101"}
+    assert kind_means(loss[:, :1], [""]) == {"loss": "0.02"}

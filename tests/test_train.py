@@ -176,3 +176,34 @@ def test_keys_never_collide():
                 owner.setdefault(tuple(np.asarray(jax.random.key_data(k)).ravel()), set()).add(who)
     assert all(len(v) == 1 for v in owner.values()), [v for v in owner.values() if len(v) > 1]
     assert len(owner) == 4 * 4 + 4 * 2 + 1
+
+
+def test_data_order_changes_per_epoch_and_drops_the_last_partial_batch():
+    key = train.data_keys(0)["perm"]
+    e0, e1 = (np.asarray(train.epoch_batches(key, e, 10, 3)) for e in (0, 1))
+    assert e0.shape == e1.shape == (3, 3)  # 10 examples, batch 3: 3 steps, 1 left out
+    for e in (e0, e1):
+        assert len(set(e.ravel())) == 9 and set(e.ravel()) <= set(range(10))
+    assert not np.array_equal(e0, e1)
+    np.testing.assert_array_equal(e0, train.epoch_batches(key, 0, 10, 3))  # a pure function
+
+
+def test_binarization_is_fresh_per_step_and_fixed_for_the_test_set():
+    seen = []
+
+    def step(state, h, x, s, bkey):  # what model_step binarizes with, recorded
+        return state, {"x": jax.random.bernoulli(bkey, x).astype(jnp.float32)}
+
+    chunk = jax.jit(train.make_chunk(step, binarize_key=train.data_keys(0)["binarize"]))
+    images = jnp.full((4, 784), 128, jnp.uint8)  # the same grey rows at every step
+    idx = jnp.zeros((3, 2), jnp.int32)
+    _, m = chunk(jnp.zeros(()), {}, images, idx, jnp.int32(0))
+    seen = np.asarray(m["x"])  # (steps, batch, F)
+    assert not np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[1], seen[2])
+    _, again = chunk(jnp.zeros(()), {}, images, idx[:1], jnp.int32(1))
+    np.testing.assert_array_equal(np.asarray(again["x"])[0], seen[1])  # a function of the step
+    x = jnp.full((5, 784), 0.5)
+    tests = [train.test_targets(x, tiny_train(data_seed=d), "bernoulli") for d in (0, 1, 0)]
+    np.testing.assert_array_equal(tests[0], tests[1])  # fixed, whatever the data seed
+    np.testing.assert_array_equal(tests[0], tests[2])
+    assert set(np.unique(tests[0])) == {0.0, 1.0}

@@ -10,6 +10,7 @@ the library inside each command's ``main``.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 from dataclasses import fields
 
@@ -20,6 +21,9 @@ class Parser(argparse.ArgumentParser):
     """argparse with defaults in ``--help`` and one-line errors (exit status 2)."""
 
     def __init__(self, **kw):
+        script = pathlib.Path(sys.argv[0]).name
+        if script.startswith("jaxae-"):  # called as a console script: name it in usage
+            kw["prog"] = script
         super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
 
     def error(self, message):
@@ -45,8 +49,8 @@ class Parser(argparse.ArgumentParser):
         for a in self._actions:
             if a.option_strings and not isinstance(a, argparse._HelpAction):
                 kw = {"dest": a.dest, "nargs": a.nargs, "type": a.type}
-                if isinstance(a, argparse._StoreTrueAction):
-                    kw = {"dest": a.dest, "action": "store_true"}
+                if a.nargs == 0:  # switches: store_true, --x/--no-x
+                    kw = {"dest": a.dest, "action": "store_const", "const": True}
                 quiet.add_argument(*a.option_strings, **kw)
         return set(vars(quiet.parse_known_args(argv)[0]))
 
@@ -54,7 +58,7 @@ class Parser(argparse.ArgumentParser):
 # Flags a resumed run may change: its length, how steps are chunked, where output goes,
 # progress and evaluation options, and how processes join.
 RESUMABLE_FLAGS = {
-    "epochs", "chunk", "no_progress", "models_dir", "runs_dir", "resume", "overwrite",
+    "epochs", "chunk", "progress", "models_dir", "runs_dir", "resume", "overwrite",
     "coordinator", "num_processes", "process_id", "distributed", "eval_k", "drop_nonfinite",
 }  # fmt: skip
 
@@ -67,15 +71,13 @@ def resumed(parser: Parser, args, argv: list[str]):
     ``RESUMABLE_FLAGS``, raises ``ConfigError`` naming the flag.
     """
     import json
-    import pathlib
 
     path = pathlib.Path(args.models_dir) / parser.run_name(args) / "config.json"
     try:
         saved_argv = json.loads(path.read_text())["argv"]
     except (OSError, ValueError, KeyError, TypeError):
         return args  # no record of a command line: the runner still compares configs
-    command = parser.prog.split()[-1].rsplit(".", 1)[-1]  # "python -m jaxae.train" -> train
-    if pathlib.Path(str(saved_argv[0])).stem != command:
+    if command(saved_argv[0]) != command(parser.prog.split()[-1]):
         return args  # started from Python, not by this command
     saved = argparse.ArgumentParser.parse_args(parser, saved_argv[1:])
     given = parser.explicit(argv)
@@ -90,6 +92,15 @@ def resumed(parser: Parser, args, argv: list[str]):
     for dest in given & RESUMABLE_FLAGS:
         setattr(saved, dest, getattr(args, dest))
     return saved
+
+
+def command(name: str) -> str:
+    """The command behind a program name or argv[0]: ``python -m jaxae.train``'s
+    ``.../jaxae/train.py``, ``jaxae.train`` and ``.../bin/jaxae-train`` are all ``train``;
+    ``jaxae-latent-sweep`` is ``latent_sweep``."""
+    name = pathlib.PurePath(str(name)).name
+    name = name.removesuffix(".py").rsplit(".", 1)[-1]
+    return name.removeprefix("jaxae-").replace("-", "_")
 
 
 def _show(v) -> str:
@@ -181,7 +192,17 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int | None = None) ->
     o.add_argument("--runs-dir", default="runs", help="TensorBoard root (runs/<run>)")
     o.add_argument("--resume", action="store_true", help="continue the run from its checkpoint")
     o.add_argument("--overwrite", action="store_true", help="delete an existing run first")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(o)
+
+
+def add_progress_flag(p) -> None:
+    """``--progress`` / ``--no-progress``; by default a bar only when stderr is a terminal."""
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: only when stderr is a terminal)",
+    )
 
 
 def train_config(args, *, seed: int = 0) -> config.TrainConfig:
@@ -205,7 +226,7 @@ def run_kwargs(args) -> dict:
         "runs_dir": args.runs_dir,
         "resume": args.resume,
         "overwrite": args.overwrite,
-        "progress": not args.no_progress,
+        "progress": args.progress,
     }
 
 

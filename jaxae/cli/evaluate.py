@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from jaxae.cli import Parser, guarded, non_negative_int, positive_int
+from jaxae.cli import Parser, add_progress_flag, guarded, non_negative_int, positive_int
 
 
 def parser() -> Parser:
@@ -29,7 +29,7 @@ def parser() -> Parser:
     p.add_argument("--batch", type=positive_int, default=100, help="test digits per call")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(p)
     return p
 
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
             chunk=args.chunk,
             batch=args.batch,
             seed=args.seed,
-            progress=not args.no_progress,
+            progress=args.progress,
         )
         secs = time.perf_counter() - t
         out = Path(run.path) / "eval.json"
