@@ -21,7 +21,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from jaxae import data as jdata
 from jaxae import hosts

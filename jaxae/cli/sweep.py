@@ -62,7 +62,7 @@ def sweep_parser(prog: str, description: str, *, epochs: int | None = None, **ax
         "--drop-nonfinite",
         action="store_true",
         help="a member whose loss turns NaN/Inf is dropped; the others go on "
-        "(default: stop the sweep, keeping the last good checkpoint)",
+        "(otherwise the sweep stops, keeping the last good checkpoint)",
     )
     add_train_flags(p, epochs=epochs)
     return p
