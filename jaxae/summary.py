@@ -4,10 +4,10 @@ Layout: ``runs/<run>/<member>/`` (events file and ``scalars.jsonl``), so TensorB
 overlays the members' curves. A single-model run has one member named ``.``.
 
 Each member's writer also records the member's hyperparameters as an HParams session
-(``config.hparams``), with the test metrics (``HPARAM_METRICS``) as the session's
-metrics: TensorBoard's HParams dashboard then tabulates, filters and plots the members
-by latent size, beta or seed. The records go into the member's own events file (not
-``add_hparams``, which would make a timestamped folder per call).
+(``config.hparams``); TensorBoard's HParams dashboard then tabulates, filters and plots
+the members by latent size, beta or seed, beside their scalars (test/loss, ...). The
+records go into the member's own events file (not ``add_hparams``, which would make a
+timestamped folder per call).
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams as hparams_summary
 
 from jaxae.plots import tile
-
-# the scalars the HParams dashboard shows beside each member's hyperparameters
-HPARAM_METRICS = ("test/loss", "test/recon", "test/kl", "test/mse")
 
 
 def member_dir(name: str) -> str:
@@ -50,9 +47,12 @@ class Summaries:
         self.writers = [SummaryWriter(str(d)) for d in self.dirs]
         self.jsonl = [open(d / "scalars.jsonl", "a") for d in self.dirs]  # noqa: SIM115
         for w, h in zip(self.writers, hparams or [], strict=True):
-            metrics = dict.fromkeys(HPARAM_METRICS, 0.0)  # the values are read from the scalars
-            for record in hparams_summary(h, metrics):  # experiment, session start, session end
-                w.file_writer.add_summary(record)
+            _, start, end = hparams_summary(h, {})
+            # No experiment record: TensorBoard then infers the experiment from all the
+            # members' sessions and lists the hyperparameters that differ (kind, latent,
+            # seed, ...) first, where one member's record would list them by name.
+            w.file_writer.add_summary(start)
+            w.file_writer.add_summary(end)
 
     def scalars(self, step: int, values: dict) -> None:
         for i, (w, f) in enumerate(zip(self.writers, self.jsonl, strict=True)):

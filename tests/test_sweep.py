@@ -150,6 +150,7 @@ def test_latent_sweep_cli(tmp_path):
     # stderr is a pipe here: no progress bars unless asked for
     assert "step/s" not in p.stderr and "IW bound" not in p.stderr, p.stderr[-500:]
     check_tensorboard(tmp_path / "r" / "latent_sweep", doc["members"])
+    check_hparams_dashboard(tmp_path / "r" / "latent_sweep", doc["members"])
 
 
 def check_tensorboard(logdir, members):
@@ -171,15 +172,47 @@ def check_tensorboard(logdir, members):
         assert grid.width > 28 and grid.height > 28
         content = ea.PluginTagToContent("hparams")
         data = {tag: plugin_data_pb2.HParamsPluginData.FromString(c) for tag, c in content.items()}
-        experiment = data["_hparams_/experiment"].experiment
-        assert {i.name for i in experiment.hparam_infos} >= {"kind", "latent", "beta", "seed"}
-        assert {mi.name.tag for mi in experiment.metric_infos} >= {"test/loss", "test/mse"}
+        # no experiment record: TensorBoard infers it from the sessions (differing first)
+        assert set(data) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
         hp = data["_hparams_/session_start_info"].session_start_info.hparams
         assert hp["kind"].string_value == m["kind"]
         assert hp["latent"].number_value == m["latent"]
         assert hp["seed"].number_value == m["seed"]
         assert hp["hidden"].string_value == "16" and hp["lr"].number_value == 1e-3
         assert hp["epochs"].number_value == 1 and hp["dataset"].string_value == "mnist"
+
+
+def _post(url: str, body: dict) -> dict:
+    import urllib.request
+
+    data = json.dumps(body).encode()
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def check_hparams_dashboard(logdir, members):
+    """What TensorBoard's HParams dashboard shows, asked from a real server: one session
+    per member with its hyperparameters and test loss, the differing ones listed first."""
+    from tensorboard import program
+
+    tb = program.TensorBoard()
+    tb.configure(argv=[None, "--logdir", str(logdir), "--port", "0", "--host", "127.0.0.1"])
+    url = tb.launch() + "data/plugin/hparams/"
+    exp = _post(url + "experiment", {"experimentName": ""})
+    infos = [(h["name"], h["differs"]) for h in exp["hparamInfos"]]
+    assert infos[:4] == [("kind", True), ("latent", True), ("likelihood", True), ("seed", True)]
+    assert {"batch_size", "beta", "epochs", "hidden", "lr", "data_seed"} <= {n for n, _ in infos}
+    assert {m["tag"] for m in (i["name"] for i in exp["metricInfos"])} >= {"test/loss", "test/mse"}
+    statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+    query = {"experimentName": "", "allowedStatuses": statuses, "colParams": [], "sliceSize": 100}
+    groups = {g["name"]: g for g in _post(url + "session_groups", query)["sessionGroups"]}
+    assert set(groups) == {m["member"] for m in members}
+    for m in members:
+        g = groups[m["member"]]
+        assert g["hparams"]["kind"] == m["kind"] and g["hparams"]["latent"] == m["latent"]
+        loss = next(v["value"] for v in g["metricValues"] if v["name"]["tag"] == "test/loss")
+        assert loss == pytest.approx(m["test_loss"], rel=1e-5)
 
 
 def test_progress_bar_shows_one_loss_per_kind():
