@@ -24,6 +24,8 @@ _EXPORTS = {
     "Encoder": "jaxae.models",
     "Decoder": "jaxae.models",
     "init_params": "jaxae.models",
+    "register_architecture": "jaxae.models",
+    "ARCHITECTURES": "jaxae.models",
     "elbo_loss": "jaxae.losses",
     "train_step": "jaxae.step",
     "init_state": "jaxae.step",

@@ -18,6 +18,13 @@ from dataclasses import dataclass, field
 from jaxae.likelihoods import LIKELIHOODS
 
 KINDS = ("ae", "vae")
+# Encoder/decoder architectures by name (what ``--arch`` offers). The builders live in
+# ``jaxae.models.ARCHITECTURES``; ``jaxae.models.register_architecture`` adds to both.
+ARCHS = {
+    "mlp": "dense layers of the hidden widths; the decoder mirrors them",
+    "conv": "two stride-2 3x3 convolutions (32, 64 channels), then dense layers of the "
+    "hidden widths; the decoder mirrors them with transposed convolutions",
+}
 # what ``jaxae.generate`` draws (``python -m jaxae.sample --mode``)
 SAMPLE_MODES = ("prior", "recon", "interpolate", "manifold", "scatter")
 
@@ -86,6 +93,7 @@ class ModelConfig:
     """
 
     kind: str = "vae"
+    arch: str = "mlp"
     hidden: tuple[int, ...] = (512, 256)
     latent: int = 20
     likelihood: str = "bernoulli"
@@ -96,6 +104,7 @@ class ModelConfig:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
         _check(self.kind in KINDS, f"kind must be one of {KINDS}, got {self.kind!r}")
+        _check(self.arch in ARCHS, f"arch must be one of {tuple(ARCHS)}, got {self.arch!r}")
         _check(
             self.likelihood in LIKELIHOODS,
             f"likelihood must be one of {tuple(LIKELIHOODS)}, got {self.likelihood!r}",
@@ -105,6 +114,10 @@ class ModelConfig:
         _field_check("latent", positive_int, self.latent)
         _field_check("beta", non_negative_float, self.beta)
         _check(len(self.image_shape) == 3, "image_shape must be (H, W, C)")
+        _check(
+            self.arch != "conv" or all(n % 4 == 0 for n in self.image_shape[:2]),
+            f"the conv architecture needs image sides divisible by 4, got {self.image_shape}",
+        )
 
     @property
     def features(self) -> int:
@@ -114,7 +127,8 @@ class ModelConfig:
     @property
     def name(self) -> str:
         widths = "-".join(str(w) for w in (self.features, *self.hidden, self.latent))
-        return f"{self.kind}-{self.likelihood}-{widths}-beta{self.beta:g}"
+        arch = "" if self.arch == "mlp" else f"{self.arch}-"
+        return f"{self.kind}-{arch}{self.likelihood}-{widths}-beta{self.beta:g}"
 
 
 def default_likelihood(kind: str) -> str:
@@ -173,6 +187,8 @@ class Axis:
             default and collapse the axis (an AE has no beta).
         help: the flag's help text.
         choices: the values allowed, when they are a closed set.
+        hide_default: the member's name leaves the axis out when it holds the field's
+            default (an axis added later keeps the names, and runs, of earlier sweeps).
     """
 
     name: str
@@ -182,6 +198,7 @@ class Axis:
     kinds: tuple[str, ...] = KINDS
     help: str = ""
     choices: tuple | None = None
+    hide_default: bool = False
 
     def value(self, member: Member):
         return member.seed if self.name == "seed" else getattr(member.model, self.name)
@@ -190,8 +207,22 @@ class Axis:
         return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def arch_name(v) -> str:
+    """``v`` if it names a registered architecture (``ARCHS``), else ConfigError."""
+    _check(str(v) in ARCHS, f"arch must be one of {tuple(ARCHS)}, got {v!r}")
+    return str(v)
+
+
 AXES: tuple[Axis, ...] = (
     Axis("kind", "structure", "--kinds", str, help="model kinds", choices=KINDS),
+    Axis(
+        "arch",
+        "structure",
+        "--archs",
+        arch_name,
+        help="encoder/decoder architectures (" + ", ".join(ARCHS) + ")",
+        hide_default=True,
+    ),
     Axis("latent", "padded", "--latents", positive_int, help="latent sizes"),
     Axis(
         "beta",
@@ -232,8 +263,12 @@ class Member:
     def name(self) -> str:
         """``vae,latent=8,beta=1,seed=0``: the first axis bare, the others as key=value."""
         first, *rest = AXES
+        defaults = ModelConfig()
         parts = [first.label(first.value(self))]
-        parts += [f"{a.name}={a.label(a.value(self))}" for a in rest]
+        for a in rest:
+            v = a.value(self)
+            if not (a.hide_default and v == getattr(defaults, a.name)):
+                parts.append(f"{a.name}={a.label(v)}")
         return ",".join(parts)
 
     def axes(self) -> dict:
@@ -257,8 +292,27 @@ class SweepConfig:
         _check(len(shapes) == 1, "all sweep members must share one image shape")
 
 
+def funnel_hidden(funnel, latent: int) -> tuple[int, ...]:
+    """The hidden widths of a model cut from a funnel encoder at ``latent`` units: the
+    funnel's widths before its first width <= latent.
+
+    The seed's VAEs were one funnel [784,] 512 256 128 64 32 12 6 3 2 cut after 2, 6 and
+    12 units: ``funnel_hidden(funnel, 6) == (512, 256, 128, 64, 32, 12)``.
+    """
+    widths = []
+    for w in funnel:
+        if w <= latent:
+            break
+        widths.append(int(w))
+    return tuple(widths)
+
+
 def grid(
-    base: ModelConfig, values: dict[str, list], seeds: int, likelihoods: dict | None = None
+    base: ModelConfig,
+    values: dict[str, list],
+    seeds: int,
+    likelihoods: dict | None = None,
+    funnel=None,
 ) -> tuple[Member, ...]:
     """Every combination of the axes' values, one member each, in ``AXES`` order.
 
@@ -268,6 +322,9 @@ def grid(
             ``base``'s value.
         seeds: members get seeds 0..seeds-1.
         likelihoods: {kind: likelihood name}; default ``default_likelihood(kind)``.
+        funnel: widths of one funnel encoder; each member's hidden widths are the
+            funnel cut above its latent size (``funnel_hidden``) instead of
+            ``base.hidden``, so members of different depths form different groups.
     Returns:
         the members; an axis that does not apply to a member's kind collapses to the
         field's default, and duplicates are dropped.
@@ -286,6 +343,8 @@ def grid(
             if a.name in c and kind not in a.kinds:
                 c[a.name] = getattr(defaults, a.name)
         lik = (likelihoods or {}).get(kind) or default_likelihood(kind)
+        if funnel is not None:
+            c["hidden"] = funnel_hidden(funnel, c.get("latent", base.latent))
         cfg = dataclasses.replace(base, likelihood=lik, **c)
         for s in range(seeds):
             m = Member(cfg, s)
@@ -300,6 +359,7 @@ def hparams(member: Member, tcfg: TrainConfig) -> dict:
     m = member.model
     return {
         "kind": m.kind,
+        "arch": m.arch,
         "likelihood": m.likelihood,
         "latent": m.latent,
         "beta": m.beta,

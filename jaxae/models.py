@@ -1,24 +1,36 @@
-"""Flax linen MLP autoencoder and VAE.
+"""Flax linen autoencoder and VAE with pluggable encoder/decoder architectures.
 
 A model maps flattened images ``x: (B, F)`` in [0, 1] to decoder logits ``(B, F)``.
 The optional latent ``mask: (D,)`` of 0/1 lets a model padded to latent size D behave
 exactly like one of size ``k = mask.sum()`` (see ``jaxae.sweep``): masked dims of the
 posterior equal the prior N(0, 1) and the decoder never sees them.
+
+Architectures (``ModelConfig.arch``) are pairs of linen modules built from the config by
+a function in ``ARCHITECTURES``. The protocol a pair follows:
+
+- ``encoder(x)`` with ``x: (B, F)`` flattened images in [0, 1] returns ``(mean, logvar)``,
+  each ``(B, cfg.latent)``; ``logvar`` is None when ``cfg.kind == "ae"``.
+- ``decoder(z)`` with ``z: (B, cfg.latent)`` returns logits ``(B, F)``.
+
+Anything with that signature works with every likelihood, the latent mask, sweeps
+(vmap over members), checkpoints, sampling and evaluation; ``register_architecture``
+makes a user's pair available by name (``ModelConfig(arch="mine")``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxae import config
 from jaxae.config import ModelConfig
 
 
 class Encoder(nn.Module):
-    """MLP encoder: returns ``(mean, logvar)``; ``logvar`` is None for a plain AE."""
+    """MLP encoder (``arch="mlp"``): ``(mean, logvar)``; ``logvar`` is None for an AE."""
 
     hidden: Sequence[int]
     latent: int
@@ -46,6 +58,80 @@ class Decoder(nn.Module):
         return nn.Dense(self.features, name="out")(z)
 
 
+class ConvEncoder(nn.Module):
+    """Two stride-2 3x3 convolutions (32, 64 channels), then dense layers of the hidden
+    widths; returns ``(mean, logvar)`` like ``Encoder``."""
+
+    hidden: Sequence[int]
+    latent: int
+    image_shape: tuple[int, int, int]
+    stochastic: bool = True
+    channels: Sequence[int] = (32, 64)
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], *self.image_shape)
+        for c in self.channels:
+            x = nn.relu(nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME")(x))
+        x = x.reshape(x.shape[0], -1)
+        for w in self.hidden:
+            x = nn.relu(nn.Dense(w)(x))
+        mean = nn.Dense(self.latent, name="mean")(x)
+        logvar = nn.Dense(self.latent, name="logvar")(x) if self.stochastic else None
+        return mean, logvar
+
+
+class ConvDecoder(nn.Module):
+    """The mirror of ``ConvEncoder``: dense layers, then stride-2 3x3 transposed
+    convolutions (64 -> 32 -> image channels); returns logits (B, F)."""
+
+    hidden: Sequence[int]
+    image_shape: tuple[int, int, int]
+    channels: Sequence[int] = (32, 64)
+
+    @nn.compact
+    def __call__(self, z):
+        h, w, c = self.image_shape
+        scale = 2 ** len(self.channels)
+        for width in reversed(self.hidden):
+            z = nn.relu(nn.Dense(width)(z))
+        cells = (h // scale, w // scale, self.channels[-1])
+        z = nn.relu(nn.Dense(cells[0] * cells[1] * cells[2])(z)).reshape(-1, *cells)
+        for ch in reversed(self.channels[:-1]):
+            z = nn.relu(nn.ConvTranspose(ch, (3, 3), strides=(2, 2), padding="SAME")(z))
+        z = nn.ConvTranspose(c, (3, 3), strides=(2, 2), padding="SAME", name="out")(z)
+        return z.reshape(z.shape[0], -1)
+
+
+def _mlp(cfg: ModelConfig):
+    return (
+        Encoder(cfg.hidden, cfg.latent, stochastic=cfg.kind == "vae"),
+        Decoder(cfg.hidden, cfg.features),
+    )
+
+
+def _conv(cfg: ModelConfig):
+    return (
+        ConvEncoder(cfg.hidden, cfg.latent, cfg.image_shape, stochastic=cfg.kind == "vae"),
+        ConvDecoder(cfg.hidden, cfg.image_shape),
+    )
+
+
+# name -> build(cfg) -> (encoder, decoder); the names are ``config.ARCHS``
+ARCHITECTURES: dict[str, Callable] = {"mlp": _mlp, "conv": _conv}
+
+
+def register_architecture(name: str, build: Callable, help: str = "") -> None:
+    """Makes ``ModelConfig(arch=name)`` build its encoder and decoder with ``build(cfg)``.
+
+    ``build`` returns ``(encoder, decoder)`` linen modules following the protocol in this
+    module's docstring. Register before building configs (and before ``jaxae.load`` of a
+    run trained with it, in the loading process).
+    """
+    ARCHITECTURES[name] = build
+    config.ARCHS[name] = help or f"user architecture {name}"
+
+
 def latent_noise(key, batch: int, dim: int):
     """Standard normal noise ``(batch, dim)`` whose column j depends only on (key, j).
 
@@ -62,9 +148,7 @@ class Model(nn.Module):
     cfg: ModelConfig
 
     def setup(self):
-        c = self.cfg
-        self.encoder = Encoder(c.hidden, c.latent, stochastic=c.kind == "vae")
-        self.decoder = Decoder(c.hidden, c.features)
+        self.encoder, self.decoder = ARCHITECTURES[self.cfg.arch](self.cfg)
 
     def encode(self, x, mask=None):
         """Posterior parameters ``(mean, logvar)``, each (B, D); logvar is None for an AE."""

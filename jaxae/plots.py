@@ -43,8 +43,11 @@ def _figure(**kwargs):
     return Figure(**kwargs)
 
 
-def _series(summary, kind, x, y):
-    rs = sorted((r for r in summary if r["kind"] == kind), key=lambda r: r[x])
+def _series(summary, kind, x, y, arch=None):
+    rs = sorted(
+        (r for r in summary if r["kind"] == kind and arch in (None, r.get("arch"))),
+        key=lambda r: r[x],
+    )
     return ([r[x] for r in rs], [r[y] for r in rs], [r.get(f"{y}_std", 0.0) for r in rs])
 
 
@@ -60,17 +63,27 @@ def latent_curves(summary: list[dict], path) -> None:
     panels = [p for p in panels if set(p[2]) & set(kinds) and p[0] in summary[0]]
     fig = _figure(figsize=(4.5 * len(panels), 3.6))
     axes = fig.subplots(1, len(panels), squeeze=False)
+    archs = sorted({r.get("arch", "mlp") for r in summary})  # one style per architecture
+    style = {a: ("o", "-") if i == 0 else ("^", "-.") for i, a in enumerate(archs)}
     for ax, (y, title, ks) in zip(axes[0], panels, strict=True):
         for k in ks:
-            if k in kinds:
-                xs, ys, es = _series(summary, k, "latent", y)
+            for arch in archs:
+                xs, ys, es = _series(summary, k, "latent", y, arch if len(archs) > 1 else None)
+                if not xs:
+                    continue
+                label = k.upper() + (f" {arch}" if len(archs) > 1 else "")
                 color = {"vae": "C0", "ae": "C1"}[k]
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=k.upper(), color=color)
+                m, ls = style[arch]
+                ax.errorbar(xs, ys, yerr=es, marker=m, ls=ls, capsize=3, label=label, color=color)
         if y == "test_loss" and "vae" in kinds:
-            xs, ys, es = _series(summary, "vae", "latent", "test_recon")
-            ax.errorbar(
-                xs, ys, yerr=es, marker="s", ls="--", capsize=3, color="C0", label="VAE recon"
-            )
+            for arch in archs:
+                xs, ys, es = _series(
+                    summary, "vae", "latent", "test_recon", arch if len(archs) > 1 else None
+                )
+                label = "VAE recon" + (f" {arch}" if len(archs) > 1 else "")
+                ax.errorbar(
+                    xs, ys, yerr=es, marker="s", ls="--", capsize=3, color="C2", label=label
+                )
         if y == "active_units":
             xs = sorted({r["latent"] for r in summary})
             ax.plot(xs, xs, "k:", label="all units")

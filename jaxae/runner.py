@@ -69,7 +69,8 @@ def config_changes(saved, new, path: str = "") -> list[tuple[str, object, object
     if isinstance(new, dict) and isinstance(saved, dict):
         out = []
         for k, v in new.items():
-            if k in RESUMABLE:
+            # a field newer than the saved run (e.g. ``arch``): the run had its default
+            if k in RESUMABLE or k not in saved:
                 continue
             out += config_changes(saved.get(k), v, f"{path}.{k}" if path else k)
         return out

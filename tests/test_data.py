@@ -289,6 +289,17 @@ def test_fashion_mnist_searches_debian_folder(isolated):
             load("fashion_mnist", "test", download=False)
 
 
+@pytest.mark.parametrize("split,n", [("train", 60000), ("test", 10000)])
+def test_real_fashion_mnist_from_the_data_dir(data_dir, split, n):
+    """The real files in $JAXAE_DATA_DIR/fashion_mnist/ (sha256-verified by the loader):
+    Fashion-MNIST is balanced, n/10 images of each of its 10 classes."""
+    x, y = load("fashion_mnist", split, data_dir=data_dir, download=False)
+    assert x.shape == (n, 28, 28, 1) and x.dtype == np.uint8
+    np.testing.assert_array_equal(np.bincount(y, minlength=10), [n // 10] * 10)
+    mnist, _ = load("mnist", split, data_dir=data_dir, download=False)
+    assert x.mean() > mnist.mean() + 25  # clothes cover more of the frame than digits
+
+
 @pytest.mark.parametrize("name", ["cifar10", "MNIST", "tfds", ""])
 def test_unknown_dataset(name):
     with pytest.raises(DataError, match=r"unknown dataset .*valid names: mnist, fashion_mnist"):

@@ -18,10 +18,12 @@ def _run(prog, tcfg, path, name="r"):
 
 @pytest.fixture(scope="module")
 def trained_sweep(tmp_path_factory):
-    """A mixed sweep: VAE latents {2, 8} x betas {1, 4}, two seeds for one config, and AEs."""
+    """A mixed sweep: VAE latents {2, 8} x betas {1, 4}, two seeds for one config, AEs,
+    and convolutional VAEs of latents {2, 6} (a third group in the same scanned step)."""
     members = [Member(tiny_model(latent=k, beta=b), 0) for k in (2, 8) for b in (1.0, 4.0)]
     members += [Member(tiny_model(latent=2, beta=1.0), 1)]
     members += [Member(tiny_model(kind="ae", likelihood="gaussian", latent=k), 0) for k in (3, 5)]
+    members += [Member(tiny_model(arch="conv", hidden=(), latent=k), 0) for k in (2, 6)]
     sweep = SweepConfig(tuple(members), tiny_train())
     prog = jsweep.sweep_program(sweep)
     res = _run(prog, sweep.train, tmp_path_factory.mktemp("sweep"))
@@ -30,11 +32,11 @@ def trained_sweep(tmp_path_factory):
 
 def test_one_program_two_groups(trained_sweep):
     sweep, prog, res = trained_sweep
-    assert len(prog.state) == 2  # the VAEs and the AEs, advanced in one scanned step
+    assert len(prog.state) == 3  # MLP VAEs, MLP AEs and conv VAEs, in one scanned step
     assert res["steps"] == 20 and len(res["test"]["loss"]) == len(sweep.members)
 
 
-@pytest.mark.parametrize("i", range(7))
+@pytest.mark.parametrize("i", range(9))
 def test_member_matches_standalone_run(trained_sweep, tmp_path, i):
     sweep, prog, res = trained_sweep
     m = sweep.members[i]

@@ -17,6 +17,15 @@ from dataclasses import fields
 from jaxae import config
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default, unless its help already says what the default is."""
+
+    def _get_help_string(self, action):
+        if "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with defaults in ``--help`` and one-line errors (exit status 2)."""
 
@@ -24,7 +33,7 @@ class Parser(argparse.ArgumentParser):
         script = pathlib.Path(sys.argv[0]).name
         if script.startswith("jaxae-"):  # called as a console script: name it in usage
             kw["prog"] = script
-        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+        super().__init__(formatter_class=_Help, **kw)
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

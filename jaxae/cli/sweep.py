@@ -39,9 +39,20 @@ def sweep_parser(prog: str, description: str, *, epochs: int | None = None, **ax
     s.add_argument(
         "--hidden",
         type=positive_int,
-        nargs="+",
+        nargs="*",
         default=list(config.ModelConfig().hidden),
-        help="hidden widths shared by all members (e.g. 512 256 128 64 32 12 6 3)",
+        help="hidden widths shared by all members (dense layers; after the convolutions "
+        "for --archs conv)",
+    )
+    s.add_argument(
+        "--funnel",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        help="one funnel encoder cut at each latent size instead of --hidden: e.g. "
+        "--funnel 512 256 128 64 32 12 6 3 2 --latents 2 6 12 trains the seed's three "
+        "VAEs (hidden = the funnel's widths above the latent); depths differ, so each "
+        "latent is its own group",
     )
     for kind in config.KINDS:
         s.add_argument(
@@ -73,7 +84,7 @@ def build_sweep(args) -> config.SweepConfig:
     base = config.ModelConfig(hidden=tuple(args.hidden))
     values = {a.name: getattr(args, a.name) for a in config.AXES if a.name != "seed"}
     liks = {kind: getattr(args, f"{kind}_likelihood") for kind in config.KINDS}
-    members = config.grid(base, values, args.seeds, liks)
+    members = config.grid(base, values, args.seeds, liks, funnel=args.funnel)
     return config.SweepConfig(members, train_config(args))
 
 

@@ -31,11 +31,17 @@ def parser() -> Parser:
         "--kind", choices=config.KINDS, default=default(m_cfg, "kind"), help="model kind"
     )
     m.add_argument(
+        "--arch",
+        choices=tuple(config.ARCHS),
+        default=default(m_cfg, "arch"),
+        help="encoder/decoder: " + "; ".join(f"{k}: {v}" for k, v in config.ARCHS.items()),
+    )
+    m.add_argument(
         "--hidden",
         type=positive_int,
-        nargs="+",
+        nargs="*",
         default=list(default(m_cfg, "hidden")),
-        help="encoder hidden widths; the decoder mirrors them",
+        help="encoder hidden widths (dense layers); the decoder mirrors them",
     )
     m.add_argument(
         "--latent", type=positive_int, default=default(m_cfg, "latent"), help="latent size"
@@ -68,6 +74,7 @@ def parser() -> Parser:
 def model_config(args) -> config.ModelConfig:
     return config.ModelConfig(
         kind=args.kind,
+        arch=args.arch,
         hidden=tuple(args.hidden),
         latent=args.latent,
         likelihood=args.likelihood or config.default_likelihood(args.kind),
