@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ("peak", "single", "torch", "sweep", "scaling", "iw", "rss")
+SECTIONS = ("peak", "single", "torch", "sweep", "scaling", "archs", "iw", "rss")
 LATENTS = (2, 4, 8, 16, 32, 64)
 HIDDEN = (512, 256)  # every benchmarked model is 784-512-256-latent
 
@@ -32,6 +32,21 @@ def train_flops(features: int, hidden, latent: int, kind: str = "vae") -> float:
     macs += hidden[-1] * latent * (2 if kind == "vae" else 1)  # heads
     dec = [latent, *reversed(hidden), features]
     macs += sum(a * b for a, b in zip(dec[:-1], dec[1:], strict=True))
+    return 3 * 2 * macs
+
+
+def conv_train_flops(image_shape, hidden, latent: int, kind: str = "vae", channels=(32, 64)):
+    """Useful FLOPs of one training example of the conv pair (``arch="conv"``): each
+    stride-2 3x3 convolution costs out-positions x 9 x in x out MACs, its transposed mirror
+    the same (the zeros a dilated input adds are not counted); dense layers as above."""
+    h, w, c = image_shape
+    chans, side, macs = [c, *channels], (h, w), 0
+    for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+        side = (side[0] // 2, side[1] // 2)
+        macs += 2 * side[0] * side[1] * 9 * cin * cout  # the convolution and its mirror
+    widths = [side[0] * side[1] * channels[-1], *hidden]
+    macs += 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    macs += widths[-1] * latent * (2 if kind == "vae" else 1) + latent * widths[-1]
     return 3 * 2 * macs
 
 
@@ -248,6 +263,35 @@ def scaling(images, *, members=(1, 6, 12, 36), steps: int = 100) -> dict:
     return rows
 
 
+def architectures(images, peak: float, *, steps: int = 200, rounds: int = 3) -> dict:
+    """Steady-state examples/s and % of matmul peak of one VAE per architecture (latent
+    20, one dense layer of 256 after the convolutions or the pixels), rounds interleaved,
+    best of each."""
+    from jaxae.config import ModelConfig, TrainConfig
+    from jaxae.step import single_program
+
+    tcfg = TrainConfig()
+    progs = {a: single_program(ModelConfig(arch=a, hidden=(256,)), tcfg) for a in ("mlp", "conv")}
+    best = dict.fromkeys(progs, 0.0)
+    for _ in range(rounds):
+        for a, prog in progs.items():
+            speed = _program_speed(prog, images, steps=steps, batch=128)
+            best[a] = max(best[a], speed)
+    flops = {
+        "mlp": train_flops(784, (256,), 20),
+        "conv": conv_train_flops((28, 28, 1), (256,), 20),
+    }
+    rows = {
+        a: {
+            "examples_per_s": v,
+            "mflop_per_example": flops[a] / 1e6,
+            "pct_of_peak": 100 * v * flops[a] / 1e9 / peak,
+        }
+        for a, v in best.items()
+    }
+    return rows | {"conv_over_mlp": best["conv"] / best["mlp"]}
+
+
 def _platform() -> str:
     import jax
 
@@ -367,6 +411,16 @@ def main(argv=None) -> int:
             f"{r['grey_sgd_examples_per_s']:.0f} examples/s, {r['rest_pct_of_peak']:.0f}% of peak)",
             flush=True,
         )
+    save()
+    if "archs" in args.only:
+        res["archs"] = r = architectures(images, peak, steps=200 if cpu else 2000)
+        for a in ("mlp", "conv"):
+            print(
+                f"{a} VAE (latent 20, dense 256), batch 128: {r[a]['examples_per_s']:.0f} "
+                f"examples/s, {r[a]['mflop_per_example']:.1f} MFLOP/example = "
+                f"{r[a]['pct_of_peak']:.0f}% of peak (best of 3, interleaved)",
+                flush=True,
+            )
     save()
     if "torch" in args.only:
         try:

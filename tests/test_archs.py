@@ -1,5 +1,7 @@
 """Architectures: a user's own encoder/decoder pair, conv models through the CLIs."""
 
+import json
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -82,8 +84,12 @@ def test_conv_model_through_train_evaluate_and_sample(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     doc = (models_dir / "c" / "config.json").read_text()
     assert '"arch": "conv"' in doc
+    # resumed with the saved command line, one more epoch
+    p = run_cli("jaxae.train", "--run", "c", "--resume", "--epochs", "2", *common)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads((models_dir / "c" / "results.json").read_text())["steps"] == 10
     ckpt = str(models_dir / "c")
-    p = run_cli("jaxae.evaluate", "--ckpt", ckpt, "--k", "20", "--chunk", "10")
+    p = run_cli("jaxae.evaluate", "--ckpt", ckpt, "--k", "5", "--chunk", "5")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "nll" in p.stdout.lower()
     p = run_cli("jaxae.sample", "--ckpt", ckpt, "--mode", "prior", "--out", str(tmp_path / "s.png"))

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.run import own_peak_rss_mb, train_flops
+from benchmarks.run import conv_train_flops, own_peak_rss_mb, train_flops
 
 
 def test_train_flops_by_hand():
@@ -15,6 +15,15 @@ def test_train_flops_by_hand():
     macs = 784 * 512 + 512 * 256 + 2 * 256 * 20 + 20 * 256 + 256 * 512 + 512 * 784
     assert train_flops(784, (512, 256), 20) == 6 * macs
     assert train_flops(784, (512, 256), 20, kind="ae") == 6 * (macs - 256 * 20)
+
+
+def test_conv_flops_by_hand():
+    # 28x28x1 -> conv 3x3/2 -> 14x14x32 -> conv 3x3/2 -> 7x7x64 -> 256 -> mean, logvar (20);
+    # the decoder mirrors every layer with the same MAC count
+    convs = 14 * 14 * 9 * 1 * 32 + 7 * 7 * 9 * 32 * 64
+    dense = 7 * 7 * 64 * 256
+    macs = 2 * convs + 2 * dense + 256 * 20 * 2 + 20 * 256
+    assert conv_train_flops((28, 28, 1), (256,), 20) == 6 * macs
 
 
 def test_peak_rss_is_the_childs_own():
