@@ -36,14 +36,15 @@ def train_flops(features: int, hidden, latent: int, kind: str = "vae") -> float:
 
 
 def conv_train_flops(image_shape, hidden, latent: int, kind: str = "vae", channels=(32, 64)):
-    """Useful FLOPs of one training example of the conv pair (``arch="conv"``): each
-    stride-2 3x3 convolution costs out-positions x 9 x in x out MACs, its transposed mirror
-    the same (the zeros a dilated input adds are not counted); dense layers as above."""
+    """FLOPs of one training example of the conv pair (``arch="conv"``): each stride-2
+    3x3 convolution costs out-positions x 9 x in x out MACs; its mirror, a sub-pixel
+    convolution, costs in-positions x 9 x in x 4*out; dense layers as above."""
     h, w, c = image_shape
     chans, side, macs = [c, *channels], (h, w), 0
     for cin, cout in zip(chans[:-1], chans[1:], strict=True):
         side = (side[0] // 2, side[1] // 2)
-        macs += 2 * side[0] * side[1] * 9 * cin * cout  # the convolution and its mirror
+        macs += side[0] * side[1] * 9 * cin * cout  # the encoder's convolution
+        macs += side[0] * side[1] * 9 * cout * 4 * cin  # the decoder's sub-pixel mirror
     widths = [side[0] * side[1] * channels[-1], *hidden]
     macs += 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
     macs += widths[-1] * latent * (2 if kind == "vae" else 1) + latent * widths[-1]

@@ -23,7 +23,7 @@ KINDS = ("ae", "vae")
 ARCHS = {
     "mlp": "dense layers of the hidden widths; the decoder mirrors them",
     "conv": "two stride-2 3x3 convolutions (32, 64 channels), then dense layers of the "
-    "hidden widths; the decoder mirrors them with transposed convolutions",
+    "hidden widths; the decoder mirrors them with sub-pixel convolutions",
 }
 # what ``jaxae.generate`` draws (``python -m jaxae.sample --mode``)
 SAMPLE_MODES = ("prior", "recon", "interpolate", "manifold", "scatter")

@@ -81,9 +81,22 @@ class ConvEncoder(nn.Module):
         return mean, logvar
 
 
+def depth_to_space(z, r: int = 2):
+    """(B, H, W, r*r*C) -> (B, r*H, r*W, C): each pixel's channels become an r x r block."""
+    b, h, w, c = z.shape
+    z = z.reshape(b, h, w, r, r, c // (r * r)).transpose(0, 1, 3, 2, 4, 5)
+    return z.reshape(b, h * r, w * r, c // (r * r))
+
+
 class ConvDecoder(nn.Module):
-    """The mirror of ``ConvEncoder``: dense layers, then stride-2 3x3 transposed
-    convolutions (64 -> 32 -> image channels); returns logits (B, F)."""
+    """The mirror of ``ConvEncoder``: dense layers, then two 2x upsamplings (64 -> 32 ->
+    image channels); returns logits (B, F).
+
+    Each upsampling is a sub-pixel convolution: a 3x3 convolution to 4x the channels at
+    the low resolution, then ``depth_to_space``. It can express a stride-2 3x3 transposed
+    convolution, and its gradient avoids the dilated convolutions that XLA's CPU backend
+    runs slowly (about 4x faster per step on this project's CPU).
+    """
 
     hidden: Sequence[int]
     image_shape: tuple[int, int, int]
@@ -98,8 +111,8 @@ class ConvDecoder(nn.Module):
         cells = (h // scale, w // scale, self.channels[-1])
         z = nn.relu(nn.Dense(cells[0] * cells[1] * cells[2])(z)).reshape(-1, *cells)
         for ch in reversed(self.channels[:-1]):
-            z = nn.relu(nn.ConvTranspose(ch, (3, 3), strides=(2, 2), padding="SAME")(z))
-        z = nn.ConvTranspose(c, (3, 3), strides=(2, 2), padding="SAME", name="out")(z)
+            z = nn.relu(depth_to_space(nn.Conv(4 * ch, (3, 3), padding="SAME")(z)))
+        z = depth_to_space(nn.Conv(4 * c, (3, 3), padding="SAME", name="out")(z))
         return z.reshape(z.shape[0], -1)
 
 

@@ -19,10 +19,11 @@ def test_train_flops_by_hand():
 
 def test_conv_flops_by_hand():
     # 28x28x1 -> conv 3x3/2 -> 14x14x32 -> conv 3x3/2 -> 7x7x64 -> 256 -> mean, logvar (20);
-    # the decoder mirrors every layer with the same MAC count
-    convs = 14 * 14 * 9 * 1 * 32 + 7 * 7 * 9 * 32 * 64
+    # decoder: 20 -> 256 -> 7x7x64 -> conv to 7x7x128 -> 14x14x32 -> conv to 14x14x4 -> 28x28
+    enc = 14 * 14 * 9 * 1 * 32 + 7 * 7 * 9 * 32 * 64
+    dec = 7 * 7 * 9 * 64 * 128 + 14 * 14 * 9 * 32 * 4
     dense = 7 * 7 * 64 * 256
-    macs = 2 * convs + 2 * dense + 256 * 20 * 2 + 20 * 256
+    macs = enc + dec + 2 * dense + 256 * 20 * 2 + 20 * 256
     assert conv_train_flops((28, 28, 1), (256,), 20) == 6 * macs
 
 

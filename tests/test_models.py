@@ -93,7 +93,9 @@ def test_conv_pair_shapes_and_layers(kind):
     assert enc["Dense_0"]["kernel"].shape == (7 * 7 * 64, 32)
     assert enc["mean"]["kernel"].shape == (32, 5) and ("logvar" in enc) == (kind == "vae")
     assert dec["Dense_1"]["kernel"].shape == (32, 7 * 7 * 64)
-    assert dec["out"]["kernel"].shape == (3, 3, 32, 1)
+    # upsampling by sub-pixel convolutions: 7x7x64 -> 7x7x(4*32) -> 14x14x32 -> 28x28x1
+    assert dec["Conv_0"]["kernel"].shape == (3, 3, 64, 4 * 32)
+    assert dec["out"]["kernel"].shape == (3, 3, 32, 4 * 1)
     x = jax.random.uniform(jax.random.key(1), (4, 784))
     out = Model(cfg).apply({"params": params}, x, key=jax.random.key(2))
     assert out["logits"].shape == (4, 784) and out["mean"].shape == (4, 5)
@@ -102,6 +104,20 @@ def test_conv_pair_shapes_and_layers(kind):
     y = x.at[0, 14 * 28 + 14].set(1.0 - x[0, 14 * 28 + 14])
     moved = Model(cfg).apply({"params": params}, y, method=Model.encode)[0]
     assert not np.allclose(moved[0], out["mean"][0]) and np.allclose(moved[1:], out["mean"][1:])
+
+
+def test_depth_to_space_by_hand():
+    from jaxae.models import depth_to_space
+
+    z = np.arange(2 * 4 * 3).reshape(1, 1, 2, 12)  # one row of two pixels, 4 x 3 channels
+    out = np.asarray(depth_to_space(jnp.asarray(z)))
+    assert out.shape == (1, 2, 4, 3)
+    # pixel (0, j)'s channel block k = 2*di + dj (3 channels each) lands at (di, 2*j + dj)
+    for j in range(2):
+        for di in range(2):
+            for dj in range(2):
+                k = 2 * di + dj
+                np.testing.assert_array_equal(out[0, di, 2 * j + dj], z[0, 0, j, 3 * k : 3 * k + 3])
 
 
 def test_funnel_cuts_the_seed_encoder_above_each_latent():

@@ -44,12 +44,16 @@ def test_member_matches_standalone_run(trained_sweep, tmp_path, i):
     alone = train.single_program(m.model, tcfg)
     alone_res = _run(alone, tcfg, tmp_path)
     got = jsweep.member_params(prog.state, sweep, i)
-    # vmapped convolutions run as one grouped convolution, summing in another order: after
-    # 20 Adam steps single weights differ by ~4e-5 (a leak between members or a wrong mask
-    # moves them by orders of magnitude more)
-    tol = {"rtol": 1e-3, "atol": 1e-4} if m.model.arch == "conv" else {"rtol": 2e-4, "atol": 2e-5}
     for a, b in zip(jax.tree.leaves(alone.state["params"]), jax.tree.leaves(got), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **tol)
+        a, b = np.asarray(a), np.asarray(b)
+        if m.model.arch == "conv":
+            # vmapped convolutions run as one grouped convolution that sums in another
+            # order, and Adam turns those last-bit differences of near-zero gradients into
+            # lr-sized steps of single weights; compare whole tensors (a leak between
+            # members or a wrong mask moves them by far more than 1e-3 of their norm)
+            assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(a) + 1e-6
+        else:
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(alone_res["test"]["loss"][0], res["test"]["loss"][i], rtol=1e-4)
 
 
