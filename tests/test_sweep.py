@@ -19,11 +19,13 @@ def _run(prog, tcfg, path, name="r"):
 @pytest.fixture(scope="module")
 def trained_sweep(tmp_path_factory):
     """A mixed sweep: VAE latents {2, 8} x betas {1, 4}, two seeds for one config, AEs,
-    and convolutional VAEs of latents {2, 6} (a third group in the same scanned step)."""
+    and a convolutional VAE (a third group in the same scanned step; a conv group of
+    several members is slow on XLA:CPU, and padding+mask of conv models is checked in
+    test_models)."""
     members = [Member(tiny_model(latent=k, beta=b), 0) for k in (2, 8) for b in (1.0, 4.0)]
     members += [Member(tiny_model(latent=2, beta=1.0), 1)]
     members += [Member(tiny_model(kind="ae", likelihood="gaussian", latent=k), 0) for k in (3, 5)]
-    members += [Member(tiny_model(arch="conv", hidden=(), latent=k), 0) for k in (2, 6)]
+    members += [Member(tiny_model(arch="conv", hidden=(), latent=2), 0)]
     sweep = SweepConfig(tuple(members), tiny_train())
     prog = jsweep.sweep_program(sweep)
     res = _run(prog, sweep.train, tmp_path_factory.mktemp("sweep"))
@@ -36,7 +38,7 @@ def test_one_program_two_groups(trained_sweep):
     assert res["steps"] == 20 and len(res["test"]["loss"]) == len(sweep.members)
 
 
-@pytest.mark.parametrize("i", range(9))
+@pytest.mark.parametrize("i", range(8))
 def test_member_matches_standalone_run(trained_sweep, tmp_path, i):
     sweep, prog, res = trained_sweep
     m = sweep.members[i]
