@@ -16,6 +16,7 @@ from jaxae.data import load as load_data
 from jaxae.losses import gaussian_log_density
 from jaxae.models import Model, latent_noise
 from jaxae.restore import Loaded
+from jaxae.runner import bar_disabled
 from jaxae.step import test_arrays
 
 
@@ -176,7 +177,7 @@ def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, pro
 
     terms = jax.jit(jax.vmap(iw, in_axes=(0, 0, None, None)))
     sums = {"iw": 0.0, "elbo": 0.0, "elbo1": 0.0}
-    bar = {"disable": None if progress is None else not progress, "desc": f"IW bound, k={k}"}
+    bar = {"disable": bar_disabled(progress), "desc": f"IW bound, k={k}"}
     for i in tqdm(range(x.shape[0]), **bar):
         out = terms(params, masks, xt[i], jax.random.fold_in(jax.random.key(seed), i))
         for name in sums:
