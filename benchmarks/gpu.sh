@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The benchmarks on a CUDA machine whose python3 already has jax with CUDA (no network there).
+# The accelerator checks of the README, as one script for a CUDA machine whose python3
+# already has jax with CUDA (no network there):
 #   benchmarks/gpu.sh OUTDIR
 # Wheels of the pinned flax/optax/orbax-checkpoint/tensorboardX may wait in .whl/ (pip
-# download ... -d .whl) and MNIST in $JAXAE_DATA_DIR (default .gpudata/mnist).
+# download ... -d .whl) and MNIST in $JAXAE_DATA_DIR (default .gpudata/mnist). Every step
+# has its own time limit and writes OUTDIR/<step>.log; OUTDIR/gpu.tar.gz holds them all
+# (updated after each step, so a run cut short still returns what it finished).
+# A dry run on a CPU: EXTRA="--train-size 2560 --epochs 1" benchmarks/gpu.sh out/dry
 set -uo pipefail
 out=${1:-out/gpu}
-mkdir -p "$out"
+mkdir -p "$out/logs"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -13,21 +17,44 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} JAXAE_DATA_DIR=${JAXAE_DATA_DIR:-.gpudata}
 export PYTHONUNBUFFERED=1
-nvidia-smi -L
-python3 -c "import jax, flax, optax, orbax.checkpoint, torch; print('jax', jax.__version__, \
-jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__)"
+read -r -a extra <<<"${EXTRA:-}"
 tmp=$(mktemp -d)
 dirs=(--models-dir "$tmp/m" --runs-dir "$tmp/r" --no-progress)
-timeout 120 python3 -m jaxae.train --epochs 1 --train-size 2560 --run smoke "${dirs[@]}" || exit 1
-timeout "${BENCH_TIMEOUT:-450}" python3 -m benchmarks.run --out "$out/results_gpu.json" 2>&1 |
-  tee "$out/bench.log"
-bench=$?
-# The README's main job, end to end (training, per-epoch evaluation, checkpoints, figures).
-s=$(date +%s)
-timeout "${SWEEP_TIMEOUT:-240}" python3 -m experiments.latent_sweep "${dirs[@]}" 2>&1 |
-  tee "$out/latent_sweep.log"
-sweep=$?
-echo "latent_sweep wall: $(($(date +%s) - s)) s" | tee -a "$out/latent_sweep.log"
-cp "$tmp"/m/latent_sweep/{results.json,latent_sweep.png} "$out"/ 2>/dev/null
-echo "exit status: benchmark $bench, latent sweep $sweep (124: timed out)"
-exit $((bench || sweep))
+status=0
+
+step() { # step NAME SECONDS COMMAND...: run with a time limit, log, keep the results
+  local name=$1 limit=$2 s rc
+  shift 2
+  s=$(date +%s)
+  timeout "$limit" "$@" >"$out/logs/$name.log" 2>&1
+  rc=$?
+  echo "$name: exit $rc (124: timed out) in $(($(date +%s) - s)) s" | tee -a "$out/logs/steps.log"
+  [ -f "$tmp/m/$name/results.json" ] && cp "$tmp/m/$name/results.json" "$out/logs/$name.json"
+  [ -f "$tmp/m/$name/latent_sweep.png" ] && cp "$tmp/m/$name/latent_sweep.png" "$out/logs/$name.png"
+  tar -czf "$out/gpu.tar.gz" -C "$out" logs
+  [ $rc -eq 0 ] || status=1
+}
+
+{
+  nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+  python3 -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__version__, \
+jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__)"
+} 2>&1 | tee "$out/logs/versions.log"
+
+# Model families: MLP and conv VAEs of every latent size side by side in one program,
+# 10 epochs, test -ELBO and IW NLL (k = 1000).
+step archs 240 python3 -m experiments.latent_sweep --name archs --archs mlp conv --kinds vae \
+  --seeds 2 --eval-k 1000 "${dirs[@]}" "${extra[@]}"
+
+# The main job at 1, 6, 36 and 144 members: wall time and where it goes.
+step sweep1 90 python3 -m experiments.latent_sweep --name sweep1 --kinds vae --latents 16 \
+  --seeds 1 "${dirs[@]}" "${extra[@]}"
+step sweep6 90 python3 -m experiments.latent_sweep --name sweep6 --latents 4 16 64 --seeds 1 \
+  "${dirs[@]}" "${extra[@]}"
+step latent_sweep 120 python3 -m experiments.latent_sweep "${dirs[@]}" "${extra[@]}"
+step sweep144 150 python3 -m experiments.latent_sweep --name sweep144 --seeds 12 "${dirs[@]}" \
+  "${extra[@]}"
+
+# Single-model throughput per architecture and the matmul peak.
+step bench 120 python3 -m benchmarks.run --only archs --out "$out/logs/bench.json"
+exit $status

@@ -20,7 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ("peak", "single", "torch", "sweep", "scaling", "archs", "iw", "rss")
+SECTIONS = (
+    "peak",
+    "single",
+    "torch",
+    "sweep",
+    "scaling",
+    "ablation",
+    "mainjob",
+    "archs",
+    "iw",
+    "rss",
+)
 LATENTS = (2, 4, 8, 16, 32, 64)
 HIDDEN = (512, 256)  # every benchmarked model is 784-512-256-latent
 
@@ -264,6 +275,82 @@ def scaling(images, *, members=(1, 6, 12, 36), steps: int = 100) -> dict:
     return rows
 
 
+def sweep_ablation(images, peak: float, *, members=(6, 36), steps: int = 60, rounds=2) -> dict:
+    """Why member throughput falls as a sweep grows: the sweep's step against variants
+    that each remove one cost, at each member count, interleaved, best of ``rounds``.
+
+    Variants: ``full`` (the real step); ``sgd`` (plain SGD: no Adam moments to read and
+    write); ``grey`` (no dynamic binarization of the shared batch); ``no_noise`` (zeros
+    instead of the per-column latent noise draws). % of peak counts the FLOPs the padded
+    members execute (every member of a group at the group's latent size).
+    """
+    import jax.numpy as jnp
+    import optax
+
+    import jaxae.models
+    import jaxae.sweep
+    from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
+    from jaxae.sweep import sweep_program
+
+    def program(m: int, variant: str):
+        ms = tuple(
+            Member(ModelConfig(hidden=HIDDEN, latent=LATENTS[i % len(LATENTS)]), i // len(LATENTS))
+            for i in range(m)
+        )
+        tcfg = TrainConfig(binarize=variant != "grey")
+        noise, adam = jaxae.models.latent_noise, jaxae.sweep.make_optimizer
+        try:  # the variants swap one piece while the program is built and traced
+            if variant == "no_noise":
+                jaxae.models.latent_noise = lambda key, b, d: jnp.zeros((b, d))
+            if variant == "sgd":
+                jaxae.sweep.make_optimizer = lambda tcfg: optax.sgd(tcfg.lr)
+            prog = sweep_program(SweepConfig(ms, tcfg))
+            return _program_speed(prog, images, steps=steps, batch=128) * m
+        finally:
+            jaxae.models.latent_noise, jaxae.sweep.make_optimizer = noise, adam
+
+    flops = train_flops(784, HIDDEN, max(LATENTS))  # the padded group's size
+    variants = ("full", "sgd", "grey", "no_noise")
+    best = {(m, v): 0.0 for m in members for v in variants}
+    for _ in range(rounds):
+        for m in members:
+            for v in variants:
+                best[m, v] = max(best[m, v], program(m, v))
+    return {
+        str(m): {
+            v: {
+                "member_examples_per_s": best[m, v],
+                "pct_of_peak": 100 * best[m, v] * flops / 1e9 / peak,
+            }
+            for v in variants
+        }
+        for m in members
+    }
+
+
+MAINJOB_SMALL = ("--train-size", "2560", "--epochs", "2")
+
+
+def main_job(args=MAINJOB_SMALL) -> dict:
+    """Wall time of ``python -m experiments.latent_sweep ARGS`` as a fresh process, and
+    where it goes (the phases the sweep prints and saves in results.json)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "experiments.latent_sweep", "--models-dir", f"{tmp}/m"]
+        cmd += ["--runs-dir", f"{tmp}/r", "--no-progress", *args]
+        t = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t
+        doc = json.loads(Path(f"{tmp}/m/latent_sweep/results.json").read_text())
+    phases = doc["timing"]["phases"]
+    return {
+        "args": list(args),
+        "wall_s": wall,
+        "phases": phases,
+        "outside_training_s": wall - phases["train"],
+        "member_examples_per_s": doc["timing"]["member_examples_per_s"],
+    }
+
+
 def architectures(images, peak: float, *, steps: int = 200, rounds: int = 3) -> dict:
     """Steady-state examples/s and % of matmul peak of one VAE per architecture (latent
     20, one dense layer of 256 after the convolutions or the pixels), rounds interleaved,
@@ -456,6 +543,27 @@ def main(argv=None) -> int:
                 f"{m} members {v['member_examples_per_s']:.0f} member-examples/s"
                 for m, v in r.items()
             ),
+            flush=True,
+        )
+    save()
+    if "ablation" in args.only:
+        res["ablation"] = r = sweep_ablation(images, peak, steps=60 if cpu else 1000)
+        for m, row in r.items():
+            print(
+                f"sweep of {m} members, steady state, member-examples/s (% of peak): "
+                + ", ".join(
+                    f"{v} {x['member_examples_per_s']:.0f} ({x['pct_of_peak']:.0f}%)"
+                    for v, x in row.items()
+                ),
+                flush=True,
+            )
+    save()
+    if "mainjob" in args.only:
+        res["mainjob"] = r = main_job()
+        print(
+            f"main job ({' '.join(r['args'])}): wall {r['wall_s']:.1f} s, outside training "
+            f"{r['outside_training_s']:.1f} s; "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items()),
             flush=True,
         )
     save()

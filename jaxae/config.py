@@ -153,6 +153,9 @@ class TrainConfig:
     binarize: bool = True
     chunk: int = 100
     eval_batch: int = 1000
+    # test examples of the end-of-epoch evaluations before the last (TensorBoard's test
+    # curves); the last epoch and the results always use the whole test set. 0: all.
+    eval_examples: int = 0
     max_to_keep: int = 3
     train_size: int | None = None  # use only the first N training examples (quick runs)
 
@@ -162,6 +165,10 @@ class TrainConfig:
         _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
         _check(self.chunk > 0, f"chunk must be positive, got {self.chunk}")
         _check(self.eval_batch > 0, f"eval batch must be positive, got {self.eval_batch}")
+        _check(
+            self.eval_examples >= 0,
+            f"eval examples must be 0 (all) or positive, got {self.eval_examples}",
+        )
         _check(
             self.train_size is None or self.train_size > 0,
             f"train size must be positive, got {self.train_size}",

@@ -18,7 +18,7 @@ from jaxae import hosts, plots
 from jaxae.config import AXES, SweepConfig
 from jaxae.metrics import evaluate_run
 from jaxae.restore import load
-from jaxae.runner import fit_sweep, load_images
+from jaxae.runner import Stopwatch, fit_sweep, load_images
 
 # metrics of ``jaxae.metrics.evaluate_run`` kept in the result rows, and those averaged
 EXTRA = ("pca_mse", "active_units", "sample_entropy", "nll_iw", "neg_elbo_k", "k")
@@ -36,6 +36,7 @@ def member_rows(sweep: SweepConfig, result: dict, evals: list[dict]) -> list[dic
         if m.model.kind == "vae":  # the beta-free bound, comparable across betas
             row["test_neg_elbo"] = row["test_recon"] + row["test_kl"]
         row.update({k: evals[i][k] for k in EXTRA if k in evals[i]})
+        row["active_units"] = row.pop("test_active_units")
         rows.append(row)
     return rows
 
@@ -117,31 +118,41 @@ def run_sweep(
     Returns:
         (result, rows, summary): the runner's result, per-member rows, mean/std over seeds.
     """
+    sw = kwargs.setdefault("stopwatch", Stopwatch())
     result, prog = fit_sweep(sweep, name, **kwargs)
     out = Path(result["checkpoint"])
-    evals = evaluate_run(load(out), k=eval_k, progress=kwargs.get("progress"))
+    with sw("final eval"):
+        run = load(out)  # MSE and active units come from the last epoch's evaluation
+        evals = evaluate_run(
+            run, k=eval_k, progress=kwargs.get("progress"), mse=False, active=False
+        )
     rows = member_rows(sweep, result, evals)
     summary = aggregate(rows)
+    with sw("figures"):
+        imgs = prog.last_images  # the last epoch's summary images, already on the host
+        if imgs is None:  # a run that was already trained: nothing ran
+            test = hosts.replicate(load_images(sweep.train.dataset, "test")[:32])
+            imgs = hosts.to_host(jax.jit(prog.images)(prog.state, prog.hyper, test))
+        if hosts.is_primary():  # process 0 writes for every process
+            if "latent" in figures:
+                plots.latent_curves(summary, out / "latent_sweep.png")
+            if "beta" in figures:
+                plots.rate_distortion(summary, out / "beta_sweep.png")
+            plots.sheet(
+                [m.name for m in sweep.members],
+                [plots.tile(s[:16]) for s in np.asarray(imgs["samples"])],
+                out / "samples.png",
+                title="decoded prior samples, one panel per member",
+            )
+    if not hosts.is_primary():
+        return result, rows, summary
+    result["timing"]["phases"] = dict(sw.seconds)
     extra = {
         "timing": result["timing"],
         "steps": result["steps"],
         "dataset": sweep.train.dataset,
         "dropped": result["dropped"],
     }
-    test = hosts.replicate(load_images(sweep.train.dataset, "test")[:32])
-    imgs = hosts.to_host(jax.jit(prog.images)(prog.state, prog.hyper, test))
-    if not hosts.is_primary():  # process 0 writes for every process
-        return result, rows, summary
     write_tables(out, rows, summary, extra)
-    if "latent" in figures:
-        plots.latent_curves(summary, out / "latent_sweep.png")
-    if "beta" in figures:
-        plots.rate_distortion(summary, out / "beta_sweep.png")
-    plots.sheet(
-        [m.name for m in sweep.members],
-        [plots.tile(s[:16]) for s in np.asarray(imgs["samples"])],
-        out / "samples.png",
-        title="decoded prior samples, one panel per member",
-    )
     log(f"wrote results.json, results.csv and figures to {out}")
     return result, rows, summary

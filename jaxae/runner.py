@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -60,7 +61,7 @@ def load_images(dataset: str, split: str) -> np.ndarray:
 
 # Fields of a run's config that may change when it is resumed: the length (to extend it),
 # the chunking of steps into compiled calls, and evaluation/checkpoint housekeeping.
-RESUMABLE = {"epochs", "chunk", "eval_batch", "max_to_keep"}
+RESUMABLE = {"epochs", "chunk", "eval_batch", "eval_examples", "max_to_keep"}
 
 
 def config_changes(saved, new, path: str = "") -> list[tuple[str, object, object]]:
@@ -204,6 +205,36 @@ class _Signals:
 # --- the loop ---------------------------------------------------------------------------
 
 
+class Stopwatch:
+    """Wall seconds per phase of a run (``with sw("compile"): ...``), in order of first use.
+
+    The runner times data, init, compile, train, per-epoch evaluation, summaries and
+    checkpoints; ``experiment.run_sweep`` adds start-up, final evaluation and figures.
+    JAX dispatches asynchronously, so each timed block ends on a host copy of its result.
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
+
+
+def format_phases(seconds: dict[str, float], wall: float | None = None) -> str:
+    """One line: each phase's seconds, then the wall time and what lies outside training."""
+    parts = [f"{k} {v:.1f} s" for k, v in seconds.items()]
+    if wall is not None:
+        rest = wall - sum(seconds.values())
+        outside = wall - seconds.get("train", 0.0)
+        parts += [f"other {rest:.1f} s", f"wall {wall:.1f} s (outside training {outside:.1f} s)"]
+    return "time: " + " · ".join(parts)
+
+
 def run(
     prog: Program,
     tcfg: TrainConfig,
@@ -216,6 +247,7 @@ def run(
     overwrite=False,
     progress: bool | None = None,
     drop_nonfinite=False,
+    stopwatch: Stopwatch | None = None,
 ) -> dict:
     """Train ``prog`` for ``tcfg.epochs`` epochs; returns final metrics and timings.
 
@@ -229,40 +261,47 @@ def run(
         progress: show a progress bar on stderr; ``None``: only when stderr is a terminal
             (logs of CI jobs and batch systems stay free of ``\r`` lines).
         drop_nonfinite: a member whose loss turns NaN/Inf is dropped, the others go on.
+        stopwatch: where the phases' seconds add up (a new one when None); they are
+            returned in ``timing["phases"]``.
     Returns:
         dict with ``members``, ``steps``, ``test`` and ``train`` metrics (lists over
         members), ``timing``, ``dropped``, ``checkpoint`` and ``logs`` paths.
     """
     # --- data first: bad input fails before anything is written ---
     check_run_name(run)
-    train_x, test_x = _data(tcfg, data)
+    sw = stopwatch or Stopwatch()
+    with sw("data"):
+        train_x, test_x = _data(tcfg, data)
     models_dir, runs_dir = Path(models_dir).resolve(), Path(runs_dir).resolve()
     ckpt_dir, log_dir, lock = prepare_run_dir(
         models_dir, runs_dir, run, resume=resume, overwrite=overwrite
     )
     hosts.barrier("jaxae-run-dir")
     try:
-        mgr = Checkpointer(ckpt_dir, max_to_keep=tcfg.max_to_keep)
-        if resume and mgr.latest_step() is not None:
-            refuse_changes(mgr.read_config(), prog.config)
-        env = environment()
-        if hosts.is_primary():  # the run records itself before it trains
-            record = {**prog.config, "run": run, "members": prog.names}
-            write_json(ckpt_dir / "config.json", {**record, "argv": sys.argv, "env": env})
-        # the caller's state stays valid whatever happens: the loop donates a copy
-        state, last_epoch = _start(prog, mgr, resume)
-        config = {**prog.config, "run": run, "members": prog.names}
-        summaries = Summaries(log_dir, prog.names, prog.hparams, enabled=hosts.is_primary())
-        s = global_step(state)
-        spe = train_x.shape[0] // tcfg.batch_size
-        if resume and not last_epoch and s:  # checkpoints of older runs: read the logs
-            last_epoch = summaries.epoch_means(s - min(spe, s), s)
-        loop = _Loop(prog, tcfg, train_x, test_x, mgr, summaries, config)
+        with sw("init"):
+            mgr = Checkpointer(ckpt_dir, max_to_keep=tcfg.max_to_keep)
+            if resume and mgr.latest_step() is not None:
+                refuse_changes(mgr.read_config(), prog.config)
+            env = environment()
+            if hosts.is_primary():  # the run records itself before it trains
+                record = {**prog.config, "run": run, "members": prog.names}
+                write_json(ckpt_dir / "config.json", {**record, "argv": sys.argv, "env": env})
+            # the caller's state stays valid whatever happens: the loop donates a copy
+            state, last_epoch = _start(prog, mgr, resume)
+            config = {**prog.config, "run": run, "members": prog.names}
+            summaries = Summaries(log_dir, prog.names, prog.hparams, enabled=hosts.is_primary())
+            s = global_step(state)
+            spe = train_x.shape[0] // tcfg.batch_size
+            if resume and not last_epoch and s:  # checkpoints of older runs: read the logs
+                last_epoch = summaries.epoch_means(s - min(spe, s), s)
+        loop = _Loop(prog, tcfg, train_x, test_x, mgr, summaries, config, sw)
         loop.last_epoch, loop.dropped = last_epoch, ({} if drop_nonfinite else None)
-        compile_s = loop.compile(state)
+        with sw("compile"):
+            compile_s = loop.compile(state)
         state = loop.train(state, progress)
         prog.state = state
         result = {**loop.result(run, ckpt_dir, log_dir, compile_s), "env": env}
+        result["timing"]["phases"] = dict(sw.seconds)
         if hosts.is_primary():
             write_json(ckpt_dir / "results.json", result)
         hosts.barrier("jaxae-run-saved")  # every process sees the finished checkpoint
@@ -297,8 +336,9 @@ def _start(prog: Program, mgr: Checkpointer, resume: bool) -> tuple:
 class _Loop:
     """One run's epoch loop: compiled functions, running means and the save policy."""
 
-    def __init__(self, prog, tcfg, train_x, test_x, mgr, summaries, config):
+    def __init__(self, prog, tcfg, train_x, test_x, mgr, summaries, config, sw):
         self.prog, self.tcfg, self.mgr, self.summaries = prog, tcfg, mgr, summaries
+        self.sw = sw
         self.train_x, self.test_x, self.config = train_x, test_x, config
         self.spe = train_x.shape[0] // tcfg.batch_size
         self.total = self.spe * tcfg.epochs
@@ -316,8 +356,13 @@ class _Loop:
         )
         self.compiled = {}
         self.chunk_fn(self.c, state)
-        self.evaluate = jax.jit(self.prog.evaluate)
-        self.images = jax.jit(self.prog.images)
+        h, n = self.prog.hyper, self.tcfg.eval_examples
+        evaluate = jax.jit(self.prog.evaluate)
+        self.evaluate = {None: evaluate.lower(state, h, hosts.replicate(self.test_x)).compile()}
+        if 0 < n < self.test_x.shape[0]:  # the epochs before the last: the first n examples
+            self.evaluate[n] = evaluate.lower(state, h, hosts.replicate(self.test_x[:n])).compile()
+        x = hosts.replicate(self.test_x[:32])
+        self.images = jax.jit(self.prog.images).lower(state, h, x).compile()
         return time.perf_counter() - t0
 
     def chunk_fn(self, n: int, state):
@@ -342,16 +387,19 @@ class _Loop:
                 bar.update(n)
                 bar.set_postfix(epoch=-(-s // self.spe), **kind_means(m["loss"], kinds))
                 if s % self.spe == 0 or s == self.total:
-                    self.end_epoch(state, s)
+                    self.end_epoch(state, s, last=s == self.total)
                     saved = s
                 if sig.signum is not None:
                     if saved != s:
-                        self.mgr.save(s, self.prog.to_saved(state), self.config)
+                        self.save(state, s)
                     raise Interrupted(sig.signum, s)
             if saved != s:
-                self.mgr.save(s, self.prog.to_saved(state), self.config)
+                self.save(state, s)
+            with self.sw("checkpoints"):  # the last save's writes finish here
+                self.mgr.wait()
         if self.evals is None:
-            self.evals = self.run_evaluate(state)
+            with self.sw("epoch eval"):
+                self.evals = self.run_evaluate(state)
         self.steps = s
         return state
 
@@ -367,28 +415,47 @@ class _Loop:
         idx = hosts.replicate(np.asarray(self.epoch_idx[j : j + n]))
         state, m = chunk(state, self.prog.hyper, self.train_x, idx, hosts.replicate(np.int32(s)))
         m = {k: v.reshape(n, -1) for k, v in hosts.to_host(m).items()}
-        self.train_s += time.perf_counter() - t
+        dt = time.perf_counter() - t
+        self.train_s += dt
+        self.sw.seconds["train"] = self.sw.seconds.get("train", 0.0) + dt
         check_finite(m, s, self.prog.names, self.dropped)
         self.steps_run += n
         for k, v in m.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.sum(0)
         self.n += n
-        self.summaries.scalars(s + n, {f"train/{k}": v.mean(0) for k, v in m.items()})
+        with self.sw("summaries"):
+            self.summaries.scalars(s + n, {f"train/{k}": v.mean(0) for k, v in m.items()})
         return state, m, n
 
-    def end_epoch(self, state, s: int) -> None:
-        """Train means, test metrics, image grids and a checkpoint at the epoch's end."""
+    def end_epoch(self, state, s: int, last: bool) -> None:
+        """Train means, test metrics, image grids and a checkpoint at the epoch's end.
+
+        Before the last epoch the test metrics may come from the first ``eval_examples``
+        test examples (``self.evals`` is then left as it was: results use all of them).
+        """
         self.last_epoch = {k: v / self.n for k, v in self.sums.items()}
         self.sums, self.n = {}, 0
-        self.evals = self.run_evaluate(state)
-        self.summaries.scalars(s, {f"test/{k}": v for k, v in self.evals.items()})
-        x = hosts.replicate(self.test_x[:32])
-        self.summaries.images(s, hosts.to_host(self.images(state, self.prog.hyper, x)))
+        n = self.tcfg.eval_examples
+        n = None if last or n not in self.evaluate else n
+        with self.sw("epoch eval"):
+            evals = self.run_evaluate(state, n)
+        if n is None:
+            self.evals = evals
+        with self.sw("summaries"):
+            self.summaries.scalars(s, {f"test/{k}": v for k, v in evals.items()})
+            x = hosts.replicate(self.test_x[:32])
+            self.prog.last_images = hosts.to_host(self.images(state, self.prog.hyper, x))
+            self.summaries.images(s, self.prog.last_images)
         self.config["last_epoch"] = {k: v.tolist() for k, v in self.last_epoch.items()}
-        self.mgr.save(s, self.prog.to_saved(state), self.config)
+        self.save(state, s)
 
-    def run_evaluate(self, state) -> dict:
-        out = self.evaluate(state, self.prog.hyper, hosts.replicate(self.test_x))
+    def save(self, state, s: int) -> None:
+        with self.sw("checkpoints"):
+            self.mgr.save(s, self.prog.to_saved(state), self.config)
+
+    def run_evaluate(self, state, n: int | None = None) -> dict:
+        """Test metrics of every member on the whole test set, or on its first n examples."""
+        out = self.evaluate[n](state, self.prog.hyper, hosts.replicate(self.test_x[:n]))
         return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in hosts.to_host(out).items()}
 
     def result(self, run: str, ckpt_dir, log_dir, compile_s: float) -> dict:
@@ -447,10 +514,15 @@ def fit(cfg: ModelConfig, tcfg: TrainConfig, name: str, **kwargs) -> dict:
     Returns:
         the runner's result dict (test metrics, timings, paths).
     """
-    return run(single_program(cfg, tcfg), tcfg, name, **kwargs)
+    sw = kwargs.setdefault("stopwatch", Stopwatch())
+    with sw("init"):
+        prog = single_program(cfg, tcfg)
+    return run(prog, tcfg, name, **kwargs)
 
 
 def fit_sweep(sweep: SweepConfig, name: str, **kwargs) -> tuple[dict, Program]:
     """Train every member of ``sweep`` as one compiled program; returns (result, program)."""
-    prog = sweep_program(sweep)
+    sw = kwargs.setdefault("stopwatch", Stopwatch())
+    with sw("init"):
+        prog = sweep_program(sweep)
     return run(prog, sweep.train, name, **kwargs), prog

@@ -23,7 +23,7 @@ import optax
 from jaxae import likelihoods
 from jaxae.config import HYPER, Member, ModelConfig, TrainConfig, hparams, to_dict
 from jaxae.losses import elbo_loss
-from jaxae.models import Model, init_params, latent_mask
+from jaxae.models import Model, init_params, latent_mask, latent_noise
 
 
 class NonFiniteError(FloatingPointError):
@@ -60,6 +60,19 @@ def data_keys(data_seed: int) -> dict:
 
 def make_optimizer(tcfg: TrainConfig):
     return optax.adam(tcfg.lr)
+
+
+def host_device():
+    """The host CPU device, or None where JAX runs without one (``JAX_PLATFORMS=cuda``).
+
+    Initial states are computed there and then moved: an eager flax init compiles each
+    initialiser op by op, which is cheap on the CPU and slow on an accelerator, and every
+    platform then starts from the same numbers.
+    """
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return None
 
 
 def init_state(cfg: ModelConfig, tx, key) -> dict:
@@ -144,12 +157,27 @@ def eval_sums(params, x, xt, w, *, key, beta, mask, model: Model):
         xt: (B, F) likelihood targets (binarized for Bernoulli).
         w: (B,) 1 for real rows, 0 for padding.
     """
-    out = model.apply(params, xt, key=key, mask=mask)
+    # one encoder pass; the decoder sees z and the posterior mean in one batch (an AE's
+    # z is its mean: one decode serves both)
+    mean, logvar = model.apply(params, xt, mask=mask, method=Model.encode)
+    b = xt.shape[0]
+    if logvar is None:
+        z, dec = mean, mean
+    else:
+        z = mean + jnp.exp(0.5 * logvar) * latent_noise(key, b, model.cfg.latent)
+        dec = jnp.concatenate([z, mean])
+    logits = model.apply(params, dec, mask=mask, method=Model.decode)
+    out = {"logits": logits[:b], "mean": mean, "z": z}
+    if logvar is not None:
+        out["logvar"] = logvar
     loss, aux = elbo_loss(out, xt, beta=beta, likelihood=model.cfg.likelihood)
     mean_image = likelihoods.get(model.cfg.likelihood).mean
-    xhat = mean_image(model.apply(params, xt, mask=mask, method=Model.reconstruct))
+    xhat = mean_image(logits[-b:])
     sq = jnp.square(xhat - x).sum(-1)
-    return {k: (v * w).sum() for k, v in {"loss": loss, **aux, "sqerr": sq}.items()}
+    sums = {k: (v * w).sum() for k, v in {"loss": loss, **aux, "sqerr": sq}.items()}
+    # first and second moments of the posterior means, for the active units
+    sums["m1"], sums["m2"] = (mean * w[:, None]).sum(0), (jnp.square(mean) * w[:, None]).sum(0)
+    return sums
 
 
 def test_targets(x, tcfg: TrainConfig, likelihood: str):
@@ -176,6 +204,11 @@ def test_arrays(images, tcfg: TrainConfig, likelihood: str, eval_batch: int):
     return shape(x), shape(xt), shape(w), n
 
 
+# a latent dim is active when its posterior mean's variance over the data exceeds this
+# (Burda et al. 2016, sec. 5.2)
+ACTIVE_VARIANCE = 0.01
+
+
 def make_evaluate(model: Model):
     """``evaluate(params, h, x, xt, w, n, eval_key)``: per-example test means of one model."""
 
@@ -189,9 +222,12 @@ def make_evaluate(model: Model):
             return jax.tree.map(jnp.add, carry, sums), None
 
         zero = {k: jnp.float32(0) for k in ("loss", "recon", "kl", "sqerr")}
+        zero["m1"] = zero["m2"] = jnp.zeros(h["mask"].shape, jnp.float32)
         sums, _ = jax.lax.scan(body, zero, (jnp.arange(x.shape[0]), x, xt, w))
         res = {k: v / n for k, v in sums.items()}
         res["mse"] = res.pop("sqerr") / x.shape[-1]
+        var = res.pop("m2") - jnp.square(res.pop("m1"))
+        res["active_units"] = (var > ACTIVE_VARIANCE).sum().astype(jnp.float32)
         return res
 
     return evaluate
@@ -240,6 +276,8 @@ class Program:
     # the state as checkpoints hold it, and back (a sweep drops its inert padding members)
     to_saved: Callable = lambda state: state
     from_saved: Callable = lambda state: state
+    # the images of the last end-of-epoch summary, on the host (set by the runner)
+    last_images: dict | None = None
 
 
 # --- one model as a runner Program ----------------------------------------------------
@@ -281,7 +319,9 @@ def model_hyper(cfg: ModelConfig, seed: int, latent: int | None = None) -> dict:
 def single_program(cfg: ModelConfig, tcfg: TrainConfig):
     """A runner Program training one unstacked model."""
     model, tx = Model(cfg), make_optimizer(tcfg)
-    state = init_state(cfg, tx, model_keys(tcfg.seed)["init"])
+    with jax.default_device(host_device()):
+        state = init_state(cfg, tx, model_keys(tcfg.seed)["init"])
+    state = jax.device_put(state, jax.local_devices()[0])
     evaluate_one, images_one = make_evaluate(model), model_images(model)
 
     def evaluate(state, h, test):

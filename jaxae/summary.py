@@ -13,6 +13,7 @@ timestamped folder per call).
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,9 @@ class Summaries:
         self.dirs = [
             Path(log_dir) / member_dir(n) if len(names) > 1 else Path(log_dir) for n in names
         ]
-        self.writers, self.jsonl = [], []
+        self.writers, self.jsonl, self._pending = [], [], []
+        # image grids are tiled and PNG-encoded on a worker thread, off the training path
+        self._images = ThreadPoolExecutor(1, thread_name_prefix="jaxae-images")
         if not enabled:
             return
         self.writers = [SummaryWriter(str(d)) for d in self.dirs]
@@ -63,9 +66,16 @@ class Summaries:
             f.flush()
 
     def images(self, step: int, images: dict) -> None:
-        """images: name -> (M, n, H, W, C) floats in [0, 1]; logged as one grid per member."""
+        """images: name -> (M, n, H, W, C) floats in [0, 1] host arrays; logged as one grid
+        per member by a worker thread (``close`` waits for it; its errors surface there)."""
         if not self.writers:
             return
+        for f in [f for f in self._pending if f.done()]:
+            f.result()  # a write that failed raises here, at the next epoch
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._images.submit(self._write_images, step, images))
+
+    def _write_images(self, step: int, images: dict) -> None:
         for name, batch in images.items():
             for w, member in zip(self.writers, np.asarray(batch), strict=True):
                 grid = np.nan_to_num(tile(member))  # a dropped member may hold NaNs
@@ -89,6 +99,9 @@ class Summaries:
         return {k: np.array([m[k] for m in per_member]) for k in per_member[0]}
 
     def close(self) -> None:
+        self._images.shutdown(wait=True)
+        for f in self._pending:
+            f.result()  # an image that failed to write raises here
         for w, f in zip(self.writers, self.jsonl, strict=True):
             w.close()
             f.close()

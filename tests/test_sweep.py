@@ -159,10 +159,30 @@ def test_latent_sweep_cli(tmp_path):
     assert (out / "results.csv").read_text().count("\n") == 9
     assert len(list((tmp_path / "r" / "latent_sweep").iterdir())) == 8  # one run per member
     assert "PCA" in p.stdout
+    # where the wall time went: every phase, printed and saved
+    phases = doc["timing"]["phases"]
+    assert list(phases) == [*PHASES], phases
+    assert all(v >= 0 for v in phases.values()) and phases["train"] > 0
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("time: "))
+    assert all(f"{k} " in line for k in PHASES) and "outside training" in line
     # stderr is a pipe here: no progress bars unless asked for
     assert "step/s" not in p.stderr and "IW bound" not in p.stderr, p.stderr[-500:]
     check_tensorboard(tmp_path / "r" / "latent_sweep", doc["members"])
     check_hparams_dashboard(tmp_path / "r" / "latent_sweep", doc["members"])
+
+
+PHASES = (
+    "start-up",
+    "init",
+    "data",
+    "compile",
+    "train",
+    "summaries",
+    "epoch eval",
+    "checkpoints",
+    "final eval",
+    "figures",
+)
 
 
 def check_tensorboard(logdir, members):

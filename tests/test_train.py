@@ -207,3 +207,54 @@ def test_binarization_is_fresh_per_step_and_fixed_for_the_test_set():
     np.testing.assert_array_equal(tests[0], tests[1])  # fixed, whatever the data seed
     np.testing.assert_array_equal(tests[0], tests[2])
     assert set(np.unique(tests[0])) == {0.0, 1.0}
+
+
+def test_epochs_before_the_last_can_evaluate_a_test_subset(tmp_path):
+    # the run's first epoch on the whole of a 2000-example test set...
+    from jaxae.runner import load_images
+
+    cfg = tiny_model()
+    train_x, test_x = load_images("mnist", "train")[:1280], load_images("mnist", "test")[:2500]
+    small = (train_x, test_x[:2000])
+    _, one = _fit(tmp_path / "a", cfg, tiny_train(epochs=1), data=small)
+    # ...is what a longer run on 2500 test examples logs after its first epoch with
+    # eval_examples=2000, while its last epoch and its results use all 2500
+    _, two = _fit(
+        tmp_path / "b", cfg, tiny_train(epochs=2, eval_examples=2000), data=(train_x, test_x)
+    )
+    rows = [r for r in read_scalars(tmp_path / "b" / "runs" / "r") if "test/loss" in r]
+    assert [r["step"] for r in rows] == [10, 20]
+    assert rows[0]["test/loss"] == pytest.approx(one["test"]["loss"][0], rel=1e-6)
+    assert rows[1]["test/loss"] == pytest.approx(two["test"]["loss"][0], rel=1e-6)
+    _, full = _fit(tmp_path / "c", cfg, tiny_train(epochs=2), data=(train_x, test_x))
+    assert two["test"] == full["test"]
+
+
+def test_active_units_of_the_evaluation_match_numpy(tmp_path):
+    # 1001 test examples in batches of 1000: the 999 padded rows of the last batch must not
+    # count. The mean head is rescaled so that the posterior means' variances sit on both
+    # sides of the 0.01 threshold; counting the padding would halve them.
+    from jaxae.models import Model
+    from jaxae.runner import load_images
+
+    cfg = tiny_model(latent=6)
+    train_x, test_x = load_images("mnist", "train")[:1280], load_images("mnist", "test")[:1001]
+    prog, _ = _fit(tmp_path, cfg, tiny_train(epochs=1, lr=3e-3), data=(train_x, test_x))
+    xt = train.test_targets(jnp.asarray(test_x, jnp.float32) / 255.0, tiny_train(), "bernoulli")
+
+    def variances(params):
+        mean, _ = Model(cfg).apply(params, np.asarray(xt), method=Model.encode)
+        return np.asarray(mean, np.float64).var(0)
+
+    target = np.array([0.006, 0.014, 0.008, 0.012, 0.02, 0.0035])
+    scale = np.sqrt(target / variances(prog.state["params"]))
+    head = prog.state["params"]["params"]["encoder"]["mean"]
+    head = {
+        k: v * scale.astype(np.float32).reshape((1,) * (v.ndim - 1) + (-1,))
+        for k, v in head.items()
+    }
+    state = jax.tree.map(lambda a: a, prog.state)
+    state["params"]["params"]["encoder"]["mean"] = head
+    np.testing.assert_allclose(variances(state["params"]), target, rtol=1e-3)
+    out = jax.jit(prog.evaluate)(state, prog.hyper, jnp.asarray(test_x))
+    assert int(out["active_units"][0]) == 3

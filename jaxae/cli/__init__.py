@@ -12,9 +12,14 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+import time
 from dataclasses import fields
 
 from jaxae import config
+
+# when the command line was first imported: a command's start-up (imports, JAX's start)
+# is measured from here
+STARTED = time.perf_counter()
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -139,7 +144,9 @@ def default(cls, name: str):
     return next(f.default for f in fields(cls) if f.name == name)
 
 
-def add_train_flags(p: argparse.ArgumentParser, *, epochs: int | None = None) -> None:
+def add_train_flags(
+    p: argparse.ArgumentParser, *, epochs: int | None = None, eval_examples: int | None = None
+) -> None:
     """Flags shared by every command that trains: data, optimiser, length, output."""
     t = config.TrainConfig
     g = p.add_argument_group("training")
@@ -180,6 +187,13 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int | None = None) ->
         type=positive_int,
         default=default(t, "chunk"),
         help="steps per compiled call (progress bar granularity)",
+    )
+    g.add_argument(
+        "--eval-examples",
+        type=non_negative_int,
+        default=default(t, "eval_examples") if eval_examples is None else eval_examples,
+        help="test examples of each end-of-epoch evaluation before the last (TensorBoard's "
+        "test curves); the last epoch and the results use the whole test set; 0: all",
     )
     d = p.add_argument_group("several hosts (one process per host, same command on each)")
     d.add_argument(
@@ -224,6 +238,7 @@ def train_config(args, *, seed: int = 0) -> config.TrainConfig:
         data_seed=args.data_seed,
         binarize=not args.no_binarize,
         chunk=args.chunk,
+        eval_examples=args.eval_examples,
         train_size=args.train_size,
     )
 
@@ -276,13 +291,14 @@ def guarded(main) -> int:
         raise
 
 
+DECIMALS = {"mse": 4, "active_units": 0}  # of the test metrics printed; others: 2
+
+
 def format_result(res: dict) -> str:
     """The runner's result as text: test metrics per member, timing, paths."""
     t, lines = res["timing"], []
     for i, name in enumerate(res["members"]):
-        vals = "  ".join(
-            f"{k}={v[i]:.4f}" if k == "mse" else f"{k}={v[i]:.2f}" for k, v in res["test"].items()
-        )
+        vals = "  ".join(f"{k}={v[i]:.{DECIMALS.get(k, 2)}f}" for k, v in res["test"].items())
         lines.append(f"test  {name}: {vals}")
     if t["steps"]:
         lines.append(
