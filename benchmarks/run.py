@@ -118,7 +118,7 @@ def single(images, peak, *, steps: int = 400, rounds: int = 3) -> dict:
     def program(variant):
         prog = single_program(cfg, TrainConfig(binarize=variant == "real"))
         if variant == "grey_sgd":
-            tx = optax.sgd(TrainConfig().lr)
+            tx = optax.sgd(1.0)  # the step scales by the member's rate
             prog.state = init_state(cfg, tx, model_keys(0)["init"])
             prog.step = model_step(Model(cfg), tx, binarize=False)
         return prog
@@ -303,7 +303,7 @@ def sweep_ablation(images, peak: float, *, members=(6, 36), steps: int = 60, rou
             if variant == "no_noise":
                 jaxae.models.latent_noise = lambda key, b, d: jnp.zeros((b, d))
             if variant == "sgd":
-                jaxae.sweep.make_optimizer = lambda tcfg: optax.sgd(tcfg.lr)
+                jaxae.sweep.make_optimizer = lambda tcfg: optax.sgd(1.0)
             prog = sweep_program(SweepConfig(ms, tcfg))
             return _program_speed(prog, images, steps=steps, batch=128) * m
         finally:

@@ -26,7 +26,7 @@ ARCHS = {
     "hidden widths; the decoder mirrors them with sub-pixel convolutions",
 }
 # what ``jaxae.generate`` draws (``python -m jaxae.sample --mode``)
-SAMPLE_MODES = ("prior", "recon", "interpolate", "manifold", "scatter")
+SAMPLE_MODES = ("prior", "recon", "interpolate", "manifold", "traverse", "scatter")
 
 
 class ConfigError(ValueError):
@@ -71,6 +71,16 @@ def non_negative_float(v) -> float:
     return f
 
 
+def positive_float(v) -> float:
+    """``v`` as a float > 0 (finite), else ConfigError."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"must be > 0, got {v}") from None
+    _check(0 < f < float("inf"), f"must be > 0, got {v}")
+    return f
+
+
 def _field_check(name: str, check, value):
     try:
         return check(value)
@@ -99,6 +109,10 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     beta: float = 1.0
     image_shape: tuple[int, int, int] = (28, 28, 1)
+    # KL warm-up: the KL weight rises linearly from 0 to beta over this many steps (0: none)
+    warmup: int = 0
+    # this model's Adam learning rate; None: the training config's ``lr``
+    lr: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -113,6 +127,9 @@ class ModelConfig:
             _field_check("hidden widths", positive_int, h)
         _field_check("latent", positive_int, self.latent)
         _field_check("beta", non_negative_float, self.beta)
+        _field_check("warmup", non_negative_int, self.warmup)
+        if self.lr is not None:
+            _field_check("learning rate", positive_float, self.lr)
         _check(len(self.image_shape) == 3, "image_shape must be (H, W, C)")
         _check(
             self.arch != "conv" or all(n % 4 == 0 for n in self.image_shape[:2]),
@@ -128,7 +145,9 @@ class ModelConfig:
     def name(self) -> str:
         widths = "-".join(str(w) for w in (self.features, *self.hidden, self.latent))
         arch = "" if self.arch == "mlp" else f"{self.arch}-"
-        return f"{self.kind}-{arch}{self.likelihood}-{widths}-beta{self.beta:g}"
+        warmup = f"-warmup{self.warmup}" if self.warmup else ""
+        lr = "" if self.lr is None else f"-lr{self.lr:g}"
+        return f"{self.kind}-{arch}{self.likelihood}-{widths}-beta{self.beta:g}{warmup}{lr}"
 
 
 def default_likelihood(kind: str) -> str:
@@ -238,6 +257,24 @@ AXES: tuple[Axis, ...] = (
         non_negative_float,
         kinds=("vae",),
         help="KL weights (VAE members; AE members ignore beta)",
+    ),
+    Axis(
+        "warmup",
+        "hyper",
+        "--warmups",
+        non_negative_int,
+        kinds=("vae",),
+        help="KL warm-up steps: beta rises linearly from 0 over that many steps (VAE "
+        "members; 0: none)",
+        hide_default=True,
+    ),
+    Axis(
+        "lr",
+        "hyper",
+        "--lrs",
+        positive_float,
+        help="Adam learning rates, one per member (default: --lr for all)",
+        hide_default=True,
     ),
     Axis("seed", "seed", "--seeds", positive_int, help="seeds 0..N-1 per configuration"),
 )
@@ -370,9 +407,10 @@ def hparams(member: Member, tcfg: TrainConfig) -> dict:
         "likelihood": m.likelihood,
         "latent": m.latent,
         "beta": m.beta,
+        "warmup": m.warmup,
         "seed": member.seed,
         "hidden": "-".join(str(h) for h in m.hidden),
-        "lr": tcfg.lr,
+        "lr": tcfg.lr if m.lr is None else m.lr,
         "batch_size": tcfg.batch_size,
         "epochs": tcfg.epochs,
         "data_seed": tcfg.data_seed,

@@ -14,8 +14,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxae import hosts, plots
-from jaxae.config import AXES, SweepConfig
+from jaxae import generate, hosts, plots
+from jaxae.config import AXES, ModelConfig, SweepConfig
 from jaxae.metrics import evaluate_run
 from jaxae.restore import load
 from jaxae.runner import Stopwatch, fit_sweep, load_images
@@ -88,14 +88,21 @@ LATENT_COLUMNS = ("test_loss", "test_recon", "test_kl", "test_mse", "pca_mse", "
 
 def format_summary(summary: list[dict], columns=LATENT_COLUMNS) -> str:
     """The mean ± std over seeds of the chosen columns, one row per configuration."""
+    # axes that only hold their default (an all-MLP sweep's arch, no warm-up) stay out
+    shown = [
+        a
+        for a in CONFIG_AXES
+        if not AXES_BY_NAME[a].hide_default
+        or any(r[a] != getattr(ModelConfig(), a) for r in summary)
+    ]
     cells = []
     for r in summary:
-        row = [AXES_BY_NAME[a].label(r[a]) for a in CONFIG_AXES]
+        row = [AXES_BY_NAME[a].label(r[a]) for a in shown]
         for k in columns:
             p = COLUMNS[k][1]
             row.append("-" if k not in r else f"{r[k]:.{p}f}±{r[k + '_std']:.{p}f}")
         cells.append(row)
-    head = [*CONFIG_AXES, *(COLUMNS[k][0] for k in columns)]
+    head = [*shown, *(COLUMNS[k][0] for k in columns)]
     widths = [max(len(x) for x in col) for col in zip(head, *cells, strict=True)]
     lines = [
         "mean ± std over seeds (blur: mean binary entropy of decoded prior samples, nats/pixel)"
@@ -106,6 +113,24 @@ def format_summary(summary: list[dict], columns=LATENT_COLUMNS) -> str:
 
 
 AXES_BY_NAME = {a.name: a for a in AXES}
+
+
+def traversals(run, path, rows: int = 6) -> None:
+    """One panel per VAE member of seed 0: its ``rows`` highest-KL latent dims, each swept
+    over [-3, 3] from one test digit (``jaxae.generate.traverse``)."""
+    picked = [i for i, m in enumerate(run.members) if m.model.kind == "vae" and m.seed == 0]
+    if not picked:
+        return
+    panels = []
+    for i in picked:
+        images, cols = generate.traverse(run, i, n=9 * rows, seed=0)
+        panels.append(plots.tile(images, cols))
+    plots.sheet(
+        [run.members[i].name for i in picked],
+        panels,
+        path,
+        title="latent traversals: rows are latent dims, highest KL first; columns z_d = -3..3",
+    )
 
 
 def run_sweep(
@@ -138,6 +163,7 @@ def run_sweep(
                 plots.latent_curves(summary, out / "latent_sweep.png")
             if "beta" in figures:
                 plots.rate_distortion(summary, out / "beta_sweep.png")
+                traversals(run, out / "traversals.png")
             plots.sheet(
                 [m.name for m in sweep.members],
                 [plots.tile(s[:16]) for s in np.asarray(imgs["samples"])],

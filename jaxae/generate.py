@@ -94,5 +94,47 @@ def scatter_points(run: Loaded, i: int, *, count: int = 5000):
     return (mu - mu.mean(0)) @ vecs.T, labels[:count], ("PC1 of z", "PC2 of z")
 
 
-GRIDS = {"prior": prior, "recon": recon, "interpolate": interpolate, "manifold": manifold}
+def dimension_order(run: Loaded, i: int, *, count: int = 2000):
+    """Latent dims of member i, most informative first, and the score of each: a VAE's
+    mean KL(q(z_d | x) || N(0, 1)) over test digits (inactive units score ~0), an AE's
+    variance of the code over them."""
+    _, xt, _ = run.test_set(i)
+    mean, logvar = run.posterior(i, xt[:count])
+    mean = np.asarray(mean, np.float64)
+    if logvar is None:
+        score = mean.var(0)
+    else:
+        lv = np.asarray(logvar, np.float64)
+        score = (0.5 * (np.exp(lv) + mean**2 - 1.0 - lv)).mean(0)
+    order = np.argsort(-score, kind="stable")
+    return order, score[order]
+
+
+def traverse(run: Loaded, i: int, *, n: int, seed: int, steps: int = 9, **_):
+    """Latent traversals: from one test digit's posterior mean, each latent dim in turn
+    swept over [-3, 3] (a VAE's prior units; an AE's: the code's mean +- 3 std over the
+    test set), one row per dim, the most informative dim first (``dimension_order``);
+    at most n // steps rows."""
+    _, xt, _ = run.test_set(i)
+    order, _ = dimension_order(run, i)
+    rows = order[: max(1, n // steps)]
+    mu = np.asarray(run.encode(i, xt[_pick(seed, len(xt), 1)]), np.float64)[0]
+    t = np.linspace(-3.0, 3.0, steps)
+    if run.members[i].model.kind == "vae":
+        values = np.tile(t, (len(rows), 1))
+    else:
+        codes = np.asarray(run.encode(i, xt[:2000]), np.float64)[:, rows]
+        values = codes.mean(0)[:, None] + codes.std(0)[:, None] * t[None, :]
+    z = np.repeat(mu[None, None, :], steps, 1).repeat(len(rows), 0)  # (rows, steps, D)
+    z[np.arange(len(rows))[:, None], np.arange(steps)[None, :], rows[:, None]] = values
+    return np.asarray(run.decode(i, z.reshape(-1, mu.shape[0]))), steps
+
+
+GRIDS = {
+    "prior": prior,
+    "recon": recon,
+    "interpolate": interpolate,
+    "manifold": manifold,
+    "traverse": traverse,
+}
 assert set(GRIDS) | {"scatter"} == set(SAMPLE_MODES)

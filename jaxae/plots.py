@@ -102,57 +102,72 @@ def latent_curves(summary: list[dict], path) -> None:
 
 
 def rate_distortion(summary: list[dict], path) -> None:
-    """Recon vs KL across betas (rate-distortion), and both vs beta."""
-    rs = sorted((r for r in summary if r["kind"] == "vae"), key=lambda r: r["beta"])
+    """Recon vs KL across betas (rate-distortion), and both vs beta: one line per setting
+    of the other axes (latent, warm-up, learning rate, ...), labelled when there are
+    several."""
+    vae = [r for r in summary if r["kind"] == "vae"]
+    others = [k for k in ("arch", "latent", "warmup", "lr") if len({r.get(k) for r in vae}) > 1]
+    lines: dict[tuple, list[dict]] = {}
+    for r in sorted(vae, key=lambda r: r["beta"]):
+        lines.setdefault(tuple(r.get(k) for k in others), []).append(r)
     fig = _figure(figsize=(15, 3.8))
     a, b, c = fig.subplots(1, 3)
-    a.errorbar(
-        [r["test_kl"] for r in rs],
-        [r["test_recon"] for r in rs],
-        xerr=[r["test_kl_std"] for r in rs],
-        yerr=[r["test_recon_std"] for r in rs],
-        marker="o",
-        capsize=3,
-    )
-    for r in rs:
-        a.annotate(
-            f"β={r['beta']:g}",
-            (r["test_kl"], r["test_recon"]),
-            textcoords="offset points",
-            xytext=(5, 5),
+    for key, rs in lines.items():
+        name = ", ".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in zip(others, key, strict=True)
         )
+        a.errorbar(
+            [r["test_kl"] for r in rs],
+            [r["test_recon"] for r in rs],
+            xerr=[r["test_kl_std"] for r in rs],
+            yerr=[r["test_recon_std"] for r in rs],
+            marker="o",
+            capsize=3,
+            label=name or None,
+        )
+        for r in rs:
+            a.annotate(
+                f"β={r['beta']:g}",
+                (r["test_kl"], r["test_recon"]),
+                textcoords="offset points",
+                xytext=(5, 5),
+            )
+        betas = [r["beta"] for r in rs]
+        for k, label in (("test_recon", "recon"), ("test_kl", "KL"), ("test_loss", "loss")):
+            b.errorbar(
+                betas,
+                [r[k] for r in rs],
+                yerr=[r[f"{k}_std"] for r in rs],
+                marker="o",
+                capsize=3,
+                label=f"{label} {name}".strip(),
+            )
+        if "sample_entropy" in rs[0]:
+            c.errorbar(
+                betas,
+                [r["sample_entropy"] for r in rs],
+                yerr=[r["sample_entropy_std"] for r in rs],
+                marker="o",
+                capsize=3,
+                label=name or None,
+            )
     a.set_xlabel("rate: test KL (nats)")
     a.set_ylabel("distortion: test recon (nats)")
     a.set_title("rate-distortion across beta")
-    betas = [r["beta"] for r in rs]
-    for key, label in (("test_recon", "recon"), ("test_kl", "KL"), ("test_loss", "loss")):
-        b.errorbar(
-            betas,
-            [r[key] for r in rs],
-            yerr=[r[f"{key}_std"] for r in rs],
-            marker="o",
-            capsize=3,
-            label=label,
-        )
     b.set_xscale("log", base=2)
     b.set_xlabel("beta")
     b.set_ylabel("nats")
     b.set_title("test terms vs beta (loss = recon + beta KL)")
-    if "sample_entropy" in rs[0]:
-        c.errorbar(
-            betas,
-            [r["sample_entropy"] for r in rs],
-            yerr=[r["sample_entropy_std"] for r in rs],
-            marker="o",
-            capsize=3,
-        )
     c.set_xscale("log", base=2)
     c.set_xlabel("beta")
     c.set_ylabel("nats / pixel")
     c.set_title("blur of prior samples (pixel entropy)")
     for ax in (a, b, c):
         ax.grid(alpha=0.3)
-    b.legend()
+    b.legend(fontsize="small")
+    if len(lines) > 1:
+        a.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

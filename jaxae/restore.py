@@ -100,6 +100,12 @@ class Loaded:
         cfg = self.members[i].model
         return Model(cfg).apply(self.params(i), jnp.asarray(x), method=Model.encode)[0]
 
+    def posterior(self, i: int, x):
+        """(mean, logvar) of member i's posterior for prepared inputs x (B, F); logvar is
+        None for an autoencoder."""
+        cfg = self.members[i].model
+        return Model(cfg).apply(self.params(i), jnp.asarray(x), method=Model.encode)
+
     def decode(self, i: int, z):
         """Mean images (B, H, W, C) in [0, 1] of member i's decoder at latents z (B, k)."""
         cfg = self.members[i].model

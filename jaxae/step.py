@@ -59,7 +59,18 @@ def data_keys(data_seed: int) -> dict:
 
 
 def make_optimizer(tcfg: TrainConfig):
-    return optax.adam(tcfg.lr)
+    """Adam with unit learning rate: ``train_step`` scales its updates by each member's
+    rate (``h["lr"]``), so members with different rates share one compiled step.
+    ``optax.adam(lr)`` is exactly this direction times lr (same state, too)."""
+    del tcfg  # the rate is applied per member by the step
+    return optax.chain(optax.scale_by_adam(), optax.scale(-1.0))
+
+
+def kl_weight(beta, warmup, s):
+    """beta ramped linearly from 0 over ``warmup`` steps (warmup 0: beta from the start);
+    step s (0-based) trains with weight beta * min(1, (s + 1) / warmup)."""
+    ramp = jnp.clip((jnp.asarray(s, jnp.float32) + 1.0) / jnp.maximum(warmup, 1.0), 0.0, 1.0)
+    return beta * jnp.where(warmup > 0, ramp, 1.0)
 
 
 def host_device():
@@ -89,11 +100,15 @@ def loss_fn(params, x, *, key, beta, mask, model: Model):
     return metrics["loss"], metrics
 
 
-def train_step(state: dict, x, *, key, beta, mask, model: Model, tx):
-    """One Adam step on batch x (B, F). Pure; returns (new state, metrics)."""
+def train_step(state: dict, x, *, key, beta, mask, model: Model, tx, lr):
+    """One optimiser step on batch x (B, F). Pure; returns (new state, metrics).
+
+    ``tx``'s updates are scaled by ``lr`` (``make_optimizer``'s Adam has unit rate).
+    """
     grad_fn = jax.grad(loss_fn, has_aux=True)
     grads, metrics = grad_fn(state["params"], x, key=key, beta=beta, mask=mask, model=model)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    updates = jax.tree.map(lambda u: u * lr, updates)
     params = optax.apply_updates(state["params"], updates)
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
@@ -103,6 +118,7 @@ def model_step(model: Model, tx, *, binarize: bool):
 
     ``x`` are the batch's pixels in [0, 1]; a Bernoulli model binarizes them with ``bkey``,
     which depends only on the step, so every model of a sweep sees the same binary batch.
+    The KL weight follows the member's warm-up (``kl_weight``), the rate its ``lr``.
     """
     binarize = binarize and likelihoods.get(model.cfg.likelihood).binarize
 
@@ -110,7 +126,10 @@ def model_step(model: Model, tx, *, binarize: bool):
         if binarize:
             x = jax.random.bernoulli(bkey, x).astype(jnp.float32)
         key = jax.random.fold_in(h["key"], s)
-        return train_step(state, x, key=key, beta=h["beta"], mask=h["mask"], model=model, tx=tx)
+        beta = kl_weight(h["beta"], h["warmup"], s)
+        return train_step(
+            state, x, key=key, beta=beta, mask=h["mask"], model=model, tx=tx, lr=h["lr"]
+        )
 
     return step
 
@@ -302,18 +321,28 @@ def model_images(model: Model, n: int = 64):
     return images
 
 
-def model_hyper(cfg: ModelConfig, seed: int, latent: int | None = None) -> dict:
+def model_hyper(
+    cfg: ModelConfig, seed: int, latent: int | None = None, tcfg: TrainConfig | None = None
+) -> dict:
     """Per-model arrays the traced functions read: the hyperparameter axes (``HYPER``,
     e.g. beta), the latent mask (for a model padded to ``latent`` dims) and the train, eval
     and sample keys of the model's seed."""
     keys = model_keys(seed)
     return {
-        **{name: jnp.float32(getattr(cfg, name)) for name in HYPER},
+        **{name: jnp.float32(_hyper_value(cfg, name, tcfg)) for name in HYPER},
         "mask": latent_mask(cfg.latent, cfg.latent if latent is None else latent),
         "key": keys["train"],
         "eval_key": keys["eval"],
         "sample_key": keys["sample"],
     }
+
+
+def _hyper_value(cfg: ModelConfig, name: str, tcfg: TrainConfig | None):
+    """A hyperparameter's value; a model's ``lr`` of None is the training config's."""
+    v = getattr(cfg, name)
+    if v is None and name == "lr":
+        return (tcfg or TrainConfig()).lr
+    return v
 
 
 def single_program(cfg: ModelConfig, tcfg: TrainConfig):
@@ -335,7 +364,7 @@ def single_program(cfg: ModelConfig, tcfg: TrainConfig):
     return Program(
         names=[Member(cfg, tcfg.seed).name],
         state=state,
-        hyper=model_hyper(cfg, tcfg.seed),
+        hyper=model_hyper(cfg, tcfg.seed, tcfg=tcfg),
         step=model_step(model, tx, binarize=tcfg.binarize),
         evaluate=evaluate,
         images=images,

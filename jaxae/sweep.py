@@ -184,7 +184,7 @@ def sweep_program(sweep: SweepConfig):
     for g, r in zip(groups, rows, strict=True):
         state.append(stack([init_member(members[i], g.cfg, tx) for i in r]))
         hyper.append(
-            stack([model_hyper(members[i].model, members[i].seed, g.cfg.latent) for i in r])
+            stack([model_hyper(members[i].model, members[i].seed, g.cfg.latent, tcfg) for i in r])
         )
     state, hyper = tuple(state), tuple(hyper)
     # rows of the concatenated (padded, group-major) outputs that hold the real members,

@@ -29,5 +29,9 @@ def data_dir():
     return d
 
 
+# commands run by the tests keep no compilation cache in the home folder (a test that
+# wants one passes --compile-cache)
+os.environ.setdefault("JAXAE_COMPILE_CACHE", "off")
+
 if _data_dir() is not None:  # for module-scoped fixtures and subprocesses too
     os.environ["JAXAE_DATA_DIR"] = str(_data_dir())

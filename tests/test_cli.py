@@ -5,6 +5,7 @@ import json
 import shutil
 
 import matplotlib.image as mpimg
+import numpy as np
 import pytest
 from helpers import run_cli, run_py
 
@@ -70,6 +71,7 @@ def ckpts(tmp_path_factory):
         ("recon", 8, (4 * 29 + 1) * 3),
         ("interpolate", 20, (2 * 29 + 1) * 3),
         ("manifold", 25, (5 * 29 + 1) * 3),
+        ("traverse", 18, (2 * 29 + 1) * 3),
     ],
 )
 def test_sample_modes_write_png_of_expected_size(ckpts, tmp_path, mode, n, shape):
@@ -87,6 +89,26 @@ def test_sample_modes_write_png_of_expected_size(ckpts, tmp_path, mode, n, shape
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert mpimg.imread(out).shape[0] == shape
+
+
+def test_traverse_sweeps_one_dim_per_row_highest_kl_first(ckpts):
+    from jaxae import generate
+    from jaxae.restore import load
+
+    run = load(ckpts["vae"])
+    order, score = generate.dimension_order(run, 0)
+    _, xt, _ = run.test_set(0)
+    mean, logvar = (np.asarray(a, np.float64) for a in run.posterior(0, xt[:2000]))
+    kl = (0.5 * (np.exp(logvar) + mean**2 - 1 - logvar)).mean(0)  # per dim, by hand
+    np.testing.assert_allclose(score, np.sort(kl)[::-1], rtol=1e-5)
+    assert list(order) == list(np.argsort(-kl))
+    images, cols = generate.traverse(run, 0, n=18, seed=3)
+    assert cols == 9 and images.shape[0] == 18
+    mu = np.asarray(run.encode(0, xt[generate._pick(3, len(xt), 1)]))[0]
+    for r, d in enumerate(order[:2]):
+        z = np.tile(mu, (9, 1))
+        z[:, d] = np.linspace(-3, 3, 9)
+        np.testing.assert_allclose(images[9 * r : 9 * r + 9], run.decode(0, z), atol=1e-6)
 
 
 def test_sample_is_deterministic_and_sweep_side_by_side(ckpts, tmp_path):
@@ -282,3 +304,23 @@ def test_bad_input_one_clear_line(ckpts, tmp_path, name, args, expect):
     assert len(lines) == 1, p.stderr[-3000:]
     assert "Traceback" not in p.stderr and expect in lines[0], lines[0]
     assert _snapshot(tmp_path) == before and _snapshot(ckpts["root"]) == models_before
+
+
+def test_beta_sweep_with_warmup_and_learning_rate_axes(tmp_path):
+    p = run_cli(
+        *("experiments.beta_sweep", "--betas", "1", "4", "--warmups", "0", "5"),
+        *("--lrs", "1e-3", "3e-3", "--latents", "2", "--seeds", "1", "--hidden", "16"),
+        *("--epochs", "1", "--train-size", "640", "--no-progress"),
+        *("--models-dir", str(tmp_path / "m"), "--runs-dir", str(tmp_path / "r")),
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = tmp_path / "m" / "beta_sweep"
+    doc = json.loads((out / "results.json").read_text())
+    names = [m["member"] for m in doc["members"]]
+    assert len(names) == 8 and "vae,latent=2,beta=4,warmup=5,lr=0.003,seed=0" in names
+    pairs = {(m["warmup"], m["lr"]) for m in doc["members"]}
+    assert pairs == {(0, 0.001), (5, 0.001), (0, 0.003), (5, 0.003)}
+    # members differ by their knobs: no two train the same way
+    losses = [m["test_loss"] for m in doc["members"]]
+    assert len(set(losses)) == 8
+    assert mpimg.imread(out / "traversals.png").shape[0] > 100

@@ -26,6 +26,8 @@ def trained_sweep(tmp_path_factory):
     members += [Member(tiny_model(latent=2, beta=1.0), 1)]
     members += [Member(tiny_model(kind="ae", likelihood="gaussian", latent=k), 0) for k in (3, 5)]
     members += [Member(tiny_model(arch="conv", hidden=(), latent=2), 0)]
+    # per-member training knobs in the MLP VAE group: KL warm-up, another learning rate
+    members += [Member(tiny_model(latent=8, warmup=15), 0), Member(tiny_model(lr=3e-3), 0)]
     sweep = SweepConfig(tuple(members), tiny_train())
     prog = jsweep.sweep_program(sweep)
     res = _run(prog, sweep.train, tmp_path_factory.mktemp("sweep"))
@@ -38,7 +40,7 @@ def test_one_program_two_groups(trained_sweep):
     assert res["steps"] == 20 and len(res["test"]["loss"]) == len(sweep.members)
 
 
-@pytest.mark.parametrize("i", range(8))
+@pytest.mark.parametrize("i", range(10))
 def test_member_matches_standalone_run(trained_sweep, tmp_path, i):
     sweep, prog, res = trained_sweep
     m = sweep.members[i]
@@ -147,8 +149,11 @@ def test_latent_sweep_cli(tmp_path):
         str(tmp_path / "m"),
         "--runs-dir",
         str(tmp_path / "r"),
+        "--compile-cache",
+        str(tmp_path / "xla"),
     )
     assert p.returncode == 0, p.stderr[-3000:]
+    assert len(list((tmp_path / "xla").iterdir())) > 10  # the programs, for the next run
     out = tmp_path / "m" / "latent_sweep"
     doc = json.loads((out / "results.json").read_text())
     assert len(doc["members"]) == 8 and len(doc["summary"]) == 4

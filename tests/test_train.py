@@ -258,3 +258,42 @@ def test_active_units_of_the_evaluation_match_numpy(tmp_path):
     np.testing.assert_allclose(variances(state["params"]), target, rtol=1e-3)
     out = jax.jit(prog.evaluate)(state, prog.hyper, jnp.asarray(test_x))
     assert int(out["active_units"][0]) == 3
+
+
+def test_kl_warmup_ramps_beta_linearly():
+    w = [float(train.kl_weight(2.0, 4.0, s)) for s in range(6)]
+    np.testing.assert_allclose(w, [0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
+    assert float(train.kl_weight(2.0, 0.0, 0)) == 2.0  # no warm-up: beta from the start
+
+
+@pytest.mark.parametrize("warmup", [0, 4])
+def test_the_step_trains_with_the_warmed_up_kl_weight(warmup):
+    cfg, tcfg = tiny_model(beta=2.0, warmup=warmup), tiny_train()
+    model, tx = train.Model(cfg), train.make_optimizer(tcfg)
+    state = train.init_state(cfg, tx, train.model_keys(0)["init"])
+    step = jax.jit(train.model_step(model, tx, binarize=True))
+    x = jnp.linspace(0, 1, 2 * 784).reshape(2, 784)
+    _, m = step(state, train.model_hyper(cfg, 0), x, jnp.int32(1), jax.random.key(1))
+    weight = 2.0 * (0.5 if warmup else 1.0)  # step 1 of a 4-step warm-up: half of beta
+    assert float(m["loss"]) == pytest.approx(float(m["recon"] + weight * m["kl"]), rel=1e-6)
+
+
+def test_a_models_learning_rate_is_the_one_it_trains_with():
+    # a member's own lr, or the same rate given to the whole run: the same training
+    from jaxae.runner import load_images
+
+    data = (load_images("mnist", "train")[:1280], load_images("mnist", "test")[:500])
+    states = []
+    for cfg, tcfg in [
+        (tiny_model(lr=3e-3), tiny_train(epochs=1)),
+        (tiny_model(), tiny_train(epochs=1, lr=3e-3)),
+        (tiny_model(), tiny_train(epochs=1)),
+    ]:
+        prog = train.single_program(cfg, tcfg)
+        chunk = jax.jit(train.make_chunk(prog.step, binarize_key=jax.random.key(0)))
+        idx = jnp.arange(1280).reshape(10, 128)
+        st, _ = chunk(prog.state, prog.hyper, jnp.asarray(data[0]), idx, jnp.int32(0))
+        states.append(jax.tree.leaves(st["params"]))
+    for a, b in zip(states[0], states[1], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(not np.allclose(a, c) for a, c in zip(states[0], states[2], strict=True))

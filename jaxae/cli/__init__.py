@@ -189,6 +189,13 @@ def add_train_flags(
         help="steps per compiled call (progress bar granularity)",
     )
     g.add_argument(
+        "--compile-cache",
+        default=default_compile_cache(),
+        metavar="DIR",
+        help="JAX's persistent compilation cache: a rerun with the same shapes skips most "
+        "compilation ('off': none; default from $JAXAE_COMPILE_CACHE)",
+    )
+    g.add_argument(
         "--eval-examples",
         type=non_negative_int,
         default=default(t, "eval_examples") if eval_examples is None else eval_examples,
@@ -254,8 +261,32 @@ def run_kwargs(args) -> dict:
     }
 
 
+def default_compile_cache() -> str:
+    """$JAXAE_COMPILE_CACHE, else $XDG_CACHE_HOME/jaxae/xla (~/.cache/jaxae/xla)."""
+    import os
+
+    if "JAXAE_COMPILE_CACHE" in os.environ:
+        return os.environ["JAXAE_COMPILE_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxae", "xla")
+
+
+def use_compile_cache(where: str) -> None:
+    """JAX's persistent compilation cache in folder ``where`` ("off": none): a command run
+    again with the same shapes loads its compiled programs instead of compiling them."""
+    if where in ("", "off"):
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", where)
+    # every program, down to the eager initialisers' small ones (init is mostly those)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def start_hosts(args) -> None:
-    """Join the multi-process runtime when the flags ask for it (before any JAX work)."""
+    """Join the multi-process runtime when the flags ask for it (before any JAX work), and
+    turn on the compilation cache."""
+    use_compile_cache(args.compile_cache)
     if args.coordinator or args.distributed or args.num_processes:
         from jaxae import hosts
 

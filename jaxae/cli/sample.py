@@ -22,7 +22,9 @@ def parser() -> Parser:
         default="prior",
         help="prior: samples from N(0, I); recon: test digits and reconstructions; "
         "interpolate: paths between two test digits; manifold: decodings over a "
-        "latent grid; scatter: test latent means coloured by label",
+        "latent grid; traverse: each latent dim swept over [-3, 3] from a test digit's "
+        "posterior mean, one row per dim, the highest-KL (most active) dims first (at "
+        "most n/9 rows); scatter: test latent means coloured by label",
     )
     p.add_argument("--member", default=None, help="sweep member: index or name (default: all)")
     p.add_argument("--n", type=positive_int, default=64, help="number of images")

@@ -32,7 +32,7 @@ def sweep_parser(prog: str, description: str, *, epochs: int | None = None, **ax
             continue
         s.add_argument(
             a.flag,
-            dest=a.name,
+            dest=f"axis_{a.name}",  # "lr" is also --lr, the training flag
             type=checked(a.check),
             nargs="+",
             choices=a.choices,
@@ -87,7 +87,7 @@ def sweep_parser(prog: str, description: str, *, epochs: int | None = None, **ax
 def build_sweep(args) -> config.SweepConfig:
     """The sweep the parsed flags describe: every combination of the axes' values."""
     base = config.ModelConfig(hidden=tuple(args.hidden))
-    values = {a.name: getattr(args, a.name) for a in config.AXES if a.name != "seed"}
+    values = {a.name: getattr(args, f"axis_{a.name}") for a in config.AXES if a.name != "seed"}
     liks = {kind: getattr(args, f"{kind}_likelihood") for kind in config.KINDS}
     members = config.grid(base, values, args.seeds, liks, funnel=args.funnel)
     return config.SweepConfig(members, train_config(args))

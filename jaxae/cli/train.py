@@ -10,6 +10,7 @@ from jaxae.cli import (
     format_result,
     guarded,
     non_negative_float,
+    non_negative_int,
     positive_int,
     run_kwargs,
     start_hosts,
@@ -60,6 +61,12 @@ def parser() -> Parser:
         help="weight of the KL term",
     )
     m.add_argument(
+        "--warmup",
+        type=non_negative_int,
+        default=default(m_cfg, "warmup"),
+        help="KL warm-up: beta rises linearly from 0 over this many steps (0: none)",
+    )
+    m.add_argument(
         "--seed",
         type=int,
         default=default(config.TrainConfig, "seed"),
@@ -79,6 +86,7 @@ def model_config(args) -> config.ModelConfig:
         latent=args.latent,
         likelihood=args.likelihood or config.default_likelihood(args.kind),
         beta=args.beta,
+        warmup=args.warmup,
     )
 
 
