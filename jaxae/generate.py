@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxae.config import SAMPLE_MODES
+from jaxae.density import GaussianMixture, fit_gmm
 from jaxae.restore import Loaded
 
 
@@ -30,11 +31,42 @@ def _pick(seed: int, n: int, count: int) -> np.ndarray:
     return np.asarray(jax.random.choice(jax.random.key(seed), n, (count,), replace=False))
 
 
-def prior(run: Loaded, i: int, *, n: int, seed: int, temperature: float = 1.0, **_):
-    """n decoded samples of z ~ N(0, temperature^2 I); (n, H, W, C) and grid columns."""
-    _needs_prior(run, i, "prior")
-    latent = run.members[i].model.latent
-    z = temperature * jax.random.normal(jax.random.key(seed), (n, latent))
+DENSITIES = ("auto", "normal", "gmm")
+
+
+def code_density(run: Loaded, i: int, *, k: int = 10, count: int = 10000) -> GaussianMixture:
+    """A k-component Gaussian mixture fitted on member i's posterior means (codes) of the
+    first ``count`` training images, inputs prepared like the test set's."""
+    _, xt, _ = run.test_set(i, "train", count)
+    return fit_gmm(np.asarray(run.encode(i, xt)), k, seed=0)
+
+
+def prior(
+    run: Loaded,
+    i: int,
+    *,
+    n: int,
+    seed: int,
+    temperature: float = 1.0,
+    density: str = "auto",
+    **_,
+):
+    """n decoded latent samples; (n, H, W, C) and grid columns.
+
+    ``density``: ``normal`` draws z ~ N(0, temperature^2 I), the VAE's prior (an AE's
+    codes do not follow it: decoded, it gives noise); ``gmm`` draws from a Gaussian
+    mixture fitted on the training codes (``code_density``; temperature is ignored);
+    ``auto``: normal for a VAE, gmm for an AE.
+    """
+    if density not in DENSITIES:
+        raise ModeError(f"density must be one of {DENSITIES}, got {density!r}")
+    cfg = run.members[i].model
+    if density == "auto":
+        density = "normal" if cfg.kind == "vae" else "gmm"
+    if density == "gmm":
+        z = code_density(run, i).sample(n, seed).astype(np.float32)
+    else:
+        z = temperature * jax.random.normal(jax.random.key(seed), (n, cfg.latent))
     return np.asarray(run.decode(i, z)), int(np.ceil(np.sqrt(n)))
 
 

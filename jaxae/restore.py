@@ -84,13 +84,16 @@ class Loaded:
 
     # --- the model, with its input preparation -----------------------------------------------
 
-    def test_set(self, i: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def test_set(
+        self, i: int = 0, split: str = "test", count: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(grey pixels (N, F) in [0, 1], member i's inputs (N, F), labels (N,)).
 
         The inputs are what the training loop evaluated: binarized once with the run's
         test key for a Bernoulli model, the grey pixels otherwise.
         """
-        x, labels = load_data(self.train.dataset, "test")
+        x, labels = load_data(self.train.dataset, split)
+        x, labels = x[:count], labels[:count]  # ``split="train"``: the training set's first
         x = jnp.asarray(x.reshape(x.shape[0], -1), jnp.float32) / 255.0
         xt = test_targets(x, self.train, self.members[i].model.likelihood)
         return np.asarray(x), np.asarray(xt), np.asarray(labels)

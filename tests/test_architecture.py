@@ -20,7 +20,7 @@ PKG = pathlib.Path(ROOT) / "jaxae"
 
 # Layers, lowest first: a module may import modules of its own or a lower layer only.
 LAYERS = [
-    {"jaxae.data", "jaxae.likelihoods", "jaxae.plots", "jaxae.hosts"},
+    {"jaxae.data", "jaxae.likelihoods", "jaxae.plots", "jaxae.hosts", "jaxae.density"},
     {"jaxae.checkpoint"},
     {"jaxae.config", "jaxae.summary"},
     {"jaxae.models", "jaxae.losses"},

@@ -91,6 +91,15 @@ def test_sample_modes_write_png_of_expected_size(ckpts, tmp_path, mode, n, shape
     assert mpimg.imread(out).shape[0] == shape
 
 
+@pytest.mark.parametrize("density", ["gmm", "normal"])
+def test_an_autoencoder_samples_from_its_code_density_or_from_n01(ckpts, tmp_path, density):
+    out = tmp_path / "ae.png"
+    args = ("--ckpt", str(ckpts["ae"]), "--n", "16", "--density", density, "--out", str(out))
+    p = run_cli("jaxae.sample", *args)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert mpimg.imread(out).shape[0] == (4 * 29 + 1) * 3
+
+
 def test_traverse_sweeps_one_dim_per_row_highest_kl_first(ckpts):
     from jaxae import generate
     from jaxae.restore import load
@@ -245,7 +254,6 @@ BAD = [
         "no member 7",
     ),
     ("manifold of an AE", ["jaxae.sample", "--ckpt", "{ae}", "--mode", "manifold"], "needs a VAE"),
-    ("prior of an AE", ["jaxae.sample", "--ckpt", "{ae}"], "no prior"),
     (
         "unknown sample mode",
         ["jaxae.sample", "--ckpt", "{vae}", "--mode", "dream"],

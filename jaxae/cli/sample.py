@@ -30,6 +30,14 @@ def parser() -> Parser:
     p.add_argument("--n", type=positive_int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="seed of z and of the test digits")
     p.add_argument("--temperature", type=float, default=1.0, help="prior std (prior mode)")
+    p.add_argument(
+        "--density",
+        choices=("auto", "normal", "gmm"),
+        default="auto",
+        help="prior mode: normal: z ~ N(0, I); gmm: a 10-component Gaussian mixture fitted "
+        "on the training codes (makes an AE generative); auto: normal for a VAE, gmm for "
+        "an AE",
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--out", default=None, help="PNG path (default: <ckpt>/<mode>.png)")
     return p
@@ -76,6 +84,6 @@ def _panel(args, run, i):
     if args.mode == "scatter":
         return generate.scatter_points(run, i)
     images, cols = generate.GRIDS[args.mode](
-        run, i, n=args.n, seed=args.seed, temperature=args.temperature
+        run, i, n=args.n, seed=args.seed, temperature=args.temperature, density=args.density
     )
     return plots.tile(images, cols)
