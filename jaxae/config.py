@@ -25,6 +25,8 @@ ARCHS = {
     "conv": "two stride-2 3x3 convolutions (32, 64 channels), then dense layers of the "
     "hidden widths; the decoder mirrors them with sub-pixel convolutions",
 }
+# learning-rate schedules over a run (``TrainConfig.schedule``, ``step.lr_factor``)
+SCHEDULES = ("constant", "cosine", "linear")
 # what ``jaxae.generate`` draws (``python -m jaxae.sample --mode``)
 SAMPLE_MODES = ("prior", "recon", "interpolate", "manifold", "traverse", "scatter")
 
@@ -167,6 +169,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    # the learning rate's decay over the run's steps: constant, cosine (to 0) or linear (to 0)
+    schedule: str = "constant"
     seed: int = 0
     data_seed: int = 0
     binarize: bool = True
@@ -182,6 +186,10 @@ class TrainConfig:
         _check(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
         _check(self.batch_size > 0, f"batch size must be positive, got {self.batch_size}")
         _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
+        _check(
+            self.schedule in SCHEDULES,
+            f"schedule must be one of {SCHEDULES}, got {self.schedule!r}",
+        )
         _check(self.chunk > 0, f"chunk must be positive, got {self.chunk}")
         _check(self.eval_batch > 0, f"eval batch must be positive, got {self.eval_batch}")
         _check(
@@ -411,6 +419,7 @@ def hparams(member: Member, tcfg: TrainConfig) -> dict:
         "seed": member.seed,
         "hidden": "-".join(str(h) for h in m.hidden),
         "lr": tcfg.lr if m.lr is None else m.lr,
+        "lr_schedule": tcfg.schedule,
         "batch_size": tcfg.batch_size,
         "epochs": tcfg.epochs,
         "data_seed": tcfg.data_seed,

@@ -352,7 +352,13 @@ class _Loop:
         """Compile the chunk, evaluation and image functions once; returns seconds."""
         t0 = time.perf_counter()
         self.chunk = jax.jit(
-            make_chunk(self.prog.step, binarize_key=self.dk["binarize"]), donate_argnums=0
+            make_chunk(
+                self.prog.step,
+                binarize_key=self.dk["binarize"],
+                schedule=self.tcfg.schedule,
+                total=self.total,
+            ),
+            donate_argnums=0,
         )
         self.compiled = {}
         self.chunk_fn(self.c, state)

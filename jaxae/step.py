@@ -66,6 +66,17 @@ def make_optimizer(tcfg: TrainConfig):
     return optax.chain(optax.scale_by_adam(), optax.scale(-1.0))
 
 
+def lr_factor(schedule: str, s, total: int):
+    """The learning-rate multiplier of step s (0-based) of ``total``: 1 (constant),
+    0.5 (1 + cos(pi s / total)) (cosine) or 1 - s / total (linear)."""
+    t = jnp.asarray(s, jnp.float32) / max(int(total), 1)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+    if schedule == "linear":
+        return 1.0 - t
+    return jnp.float32(1.0)
+
+
 def kl_weight(beta, warmup, s):
     """beta ramped linearly from 0 over ``warmup`` steps (warmup 0: beta from the start);
     step s (0-based) trains with weight beta * min(1, (s + 1) / warmup)."""
@@ -144,15 +155,27 @@ def epoch_batches(perm_key, epoch, n: int, batch: int):
     return perm[: steps * batch].reshape(steps, batch)
 
 
-def make_chunk(step, *, binarize_key):
-    """Build ``chunk(state, h, images, idx, s0)`` running ``len(idx)`` steps in one scan."""
+def make_chunk(step, *, binarize_key, schedule: str = "constant", total: int = 1):
+    """Build ``chunk(state, h, images, idx, s0)`` running ``len(idx)`` steps in one scan.
+
+    With a ``schedule``, every per-member rate in ``h`` (each ``"lr"`` leaf, a single
+    model's or every group's) is multiplied by ``lr_factor(schedule, s, total)`` at step s.
+    """
+
+    def scaled(h, s):
+        if schedule == "constant":
+            return h
+        f = lr_factor(schedule, s, total)
+        return jax.tree_util.tree_map_with_path(
+            lambda path, v: v * f if getattr(path[-1], "key", None) == "lr" else v, h
+        )
 
     def chunk(state, h, images, idx, s0):
         def body(state, xs):
             i, rows = xs
             s = s0 + i
             x = images[rows].astype(jnp.float32) / 255.0
-            return step(state, h, x, s, jax.random.fold_in(binarize_key, s))
+            return step(state, scaled(h, s), x, s, jax.random.fold_in(binarize_key, s))
 
         return jax.lax.scan(body, state, (jnp.arange(idx.shape[0]), idx))
 

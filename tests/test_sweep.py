@@ -28,7 +28,8 @@ def trained_sweep(tmp_path_factory):
     members += [Member(tiny_model(arch="conv", hidden=(), latent=2), 0)]
     # per-member training knobs in the MLP VAE group: KL warm-up, another learning rate
     members += [Member(tiny_model(latent=8, warmup=15), 0), Member(tiny_model(lr=3e-3), 0)]
-    sweep = SweepConfig(tuple(members), tiny_train())
+    # a cosine schedule: every member's rate decays over the run, the padded copies' too
+    sweep = SweepConfig(tuple(members), tiny_train(schedule="cosine"))
     prog = jsweep.sweep_program(sweep)
     res = _run(prog, sweep.train, tmp_path_factory.mktemp("sweep"))
     return sweep, prog, res
@@ -44,7 +45,7 @@ def test_one_program_two_groups(trained_sweep):
 def test_member_matches_standalone_run(trained_sweep, tmp_path, i):
     sweep, prog, res = trained_sweep
     m = sweep.members[i]
-    tcfg = tiny_train(seed=m.seed)
+    tcfg = tiny_train(seed=m.seed, schedule="cosine")
     alone = train.single_program(m.model, tcfg)
     alone_res = _run(alone, tcfg, tmp_path)
     got = jsweep.member_params(prog.state, sweep, i)

@@ -297,3 +297,35 @@ def test_a_models_learning_rate_is_the_one_it_trains_with():
     for a, b in zip(states[0], states[1], strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert any(not np.allclose(a, c) for a, c in zip(states[0], states[2], strict=True))
+
+
+def test_lr_schedules_by_hand():
+    f = {
+        k: [float(train.lr_factor(k, s, 8)) for s in (0, 2, 4, 8)]
+        for k in ("constant", "cosine", "linear")
+    }
+    np.testing.assert_allclose(f["constant"], [1, 1, 1, 1])
+    np.testing.assert_allclose(f["cosine"], [1, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0], atol=1e-7)
+    np.testing.assert_allclose(f["linear"], [1, 0.75, 0.5, 0])
+
+
+def test_a_schedule_scales_the_rate_the_step_reads():
+    # under the linear schedule over 4 steps, step 2 trains at half the rate: the same update
+    # as a constant-rate step whose member rate is halved
+    cfg, tcfg = tiny_model(lr=2e-3), tiny_train()
+    prog = train.single_program(cfg, tcfg)
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (256, 784)), jnp.uint8)
+    idx = jnp.arange(128)[None]
+    sched = jax.jit(
+        train.make_chunk(prog.step, binarize_key=jax.random.key(0), schedule="linear", total=4)
+    )
+    const = jax.jit(train.make_chunk(prog.step, binarize_key=jax.random.key(0)))
+    a, _ = sched(prog.state, prog.hyper, x, idx, jnp.int32(2))
+    b, _ = const(prog.state, {**prog.hyper, "lr": jnp.float32(1e-3)}, x, idx, jnp.int32(2))
+    c, _ = const(prog.state, prog.hyper, x, idx, jnp.int32(2))
+    for u, v in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    assert any(
+        not np.array_equal(u, w)
+        for u, w in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(c["params"]), strict=True)
+    )

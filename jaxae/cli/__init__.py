@@ -166,6 +166,13 @@ def add_train_flags(
     )
     g.add_argument("--lr", type=float, default=default(t, "lr"), help="Adam learning rate")
     g.add_argument(
+        "--lr-schedule",
+        choices=config.SCHEDULES,
+        default=default(t, "schedule"),
+        help="decay of every member's rate over the run's steps (cosine and linear end at "
+        "0; extending a run with --resume --epochs changes the span)",
+    )
+    g.add_argument(
         "--data-seed",
         type=int,
         default=default(t, "data_seed"),
@@ -241,6 +248,7 @@ def train_config(args, *, seed: int = 0) -> config.TrainConfig:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        schedule=args.lr_schedule,
         seed=seed,
         data_seed=args.data_seed,
         binarize=not args.no_binarize,
