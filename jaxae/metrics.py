@@ -144,7 +144,7 @@ def evaluate_run(
     test = images("test")
     pca = pca_mse(images("train"), test, sorted({m.model.latent for m in run.members}))
     opts = {"k": k, "chunk": chunk, "batch": batch, "seed": seed, "progress": progress}
-    opts["mse"], opts["active"] = mse, active
+    opts |= {"mse": mse, "active": active}
     rows = [None] * len(run.members)
     for g in run.groups:
         stats = _group_stats(g.model, g.params, g.masks, test, tcfg, **opts)
