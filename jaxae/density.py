@@ -37,10 +37,10 @@ class GaussianMixture:
         """log w_k + log N(z | mu_k, S_k), (N, K)."""
         d = z.shape[1]
         chol = np.linalg.cholesky(self.covs)  # (K, D, D)
-        diff = z[:, None, :] - self.means[None]  # (N, K, D)
-        sol = np.stack(
-            [np.linalg.solve(chol[k], diff[:, k].T).T for k in range(len(self.weights))], 1
-        )
+        inv = np.linalg.inv(chol)  # (K, D, D): the K solves as one BLAS matmul
+        k = len(self.weights)
+        sol = (z @ inv.transpose(2, 0, 1).reshape(d, k * d)).reshape(-1, k, d)
+        sol -= np.einsum("kij,kj->ki", inv, self.means)[None]
         maha = np.square(sol).sum(-1)
         logdet = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(-1)
         return np.log(self.weights)[None] - 0.5 * (maha + logdet[None] + d * np.log(2 * np.pi))
@@ -78,8 +78,10 @@ def fit_gmm(
         resp = np.exp(joint - ll[:, None])  # (N, K) responsibilities
         nk = resp.sum(0) + 1e-12
         means = (resp.T @ z) / nk[:, None]
-        diff = z[:, None, :] - means[None]
-        covs = np.einsum("nk,nki,nkj->kij", resp, diff, diff) / nk[:, None, None] + floor
+        # sum_n r_nk z_n z_n^T / n_k - mu_k mu_k^T, every component in one matmul
+        second = (z.T @ (resp[:, :, None] * z[:, None, :]).reshape(n, -1)).reshape(d, k, d)
+        covs = second.transpose(1, 0, 2) / nk[:, None, None]
+        covs = covs - means[:, :, None] * means[:, None, :] + floor
         gmm = GaussianMixture(nk / n, means, covs)
         if ll.mean() - last < tol:
             break

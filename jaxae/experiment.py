@@ -14,15 +14,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxae import generate, hosts, plots
+from jaxae import generate, hosts, plots, quality
 from jaxae.config import AXES, ModelConfig, SweepConfig
-from jaxae.metrics import evaluate_run
+from jaxae.metrics import evaluate_run, sample_quality
 from jaxae.restore import load
 from jaxae.runner import Stopwatch, fit_sweep, load_images
 
 # metrics of ``jaxae.metrics.evaluate_run`` kept in the result rows, and those averaged
-EXTRA = ("pca_mse", "active_units", "sample_entropy", "nll_iw", "neg_elbo_k", "k")
-AVERAGED = ("pca_mse", "active_units", "nll_iw", "sample_entropy")
+SCORES = tuple(f"{k}{d}" for d in ("", "_gmm") for k in ("confidence", "class_entropy", "frechet"))
+AVERAGED = ("pca_mse", "active_units", "nll_iw", "sample_entropy", *SCORES)
+EXTRA = (*AVERAGED, "neg_elbo_k", "k")
 CONFIG_AXES = tuple(a.name for a in AXES if a.role != "seed")  # what seeds are averaged over
 
 
@@ -68,7 +69,8 @@ def write_tables(out_dir, rows: list[dict], summary: list[dict], extra: dict) ->
     doc = {**extra, "members": rows, "summary": summary}
     (out_dir / "results.json").write_text(json.dumps(doc, indent=1))
     with open(out_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        keys = dict.fromkeys(k for r in rows for k in r)  # an AE has more scores than a VAE
+        w = csv.DictWriter(f, fieldnames=list(keys), restval="")
         w.writeheader()
         w.writerows(rows)
 
@@ -82,8 +84,22 @@ COLUMNS = {  # results key -> (header, decimals)
     "pca_mse": ("PCA MSE", 4),
     "active_units": ("active", 1),
     "sample_entropy": ("blur", 3),
+    "confidence": ("conf", 3),
+    "class_entropy": ("classes H", 2),
+    "frechet": ("FD", 1),
+    "frechet_gmm": ("FD GMM", 1),
 }
-LATENT_COLUMNS = ("test_loss", "test_recon", "test_kl", "test_mse", "pca_mse", "active_units")
+LATENT_COLUMNS = (
+    "test_loss",
+    "test_recon",
+    "test_kl",
+    "test_mse",
+    "pca_mse",
+    "active_units",
+    "confidence",
+    "frechet",
+    "frechet_gmm",
+)
 
 
 def format_summary(summary: list[dict], columns=LATENT_COLUMNS) -> str:
@@ -99,14 +115,22 @@ def format_summary(summary: list[dict], columns=LATENT_COLUMNS) -> str:
     for r in summary:
         row = [AXES_BY_NAME[a].label(r[a]) for a in shown]
         for k in columns:
+            if not any(k in r for r in summary):
+                continue
             p = COLUMNS[k][1]
             row.append("-" if k not in r else f"{r[k]:.{p}f}±{r[k + '_std']:.{p}f}")
         cells.append(row)
-    head = [*shown, *(COLUMNS[k][0] for k in columns)]
+    head = [*shown, *(COLUMNS[k][0] for k in columns if any(k in r for r in summary))]
     widths = [max(len(x) for x in col) for col in zip(head, *cells, strict=True)]
-    lines = [
-        "mean ± std over seeds (blur: mean binary entropy of decoded prior samples, nats/pixel)"
-    ]
+    lines = ["mean ± std over seeds"]
+    notes = {
+        "sample_entropy": "blur: mean binary entropy of decoded prior samples (nats/pixel)",
+        "confidence": "conf: classifier confidence on samples decoded from z ~ N(0, I)",
+        "class_entropy": "classes H: entropy of their predicted classes (log 10 = 2.30)",
+        "frechet": "FD: Fréchet distance of their classifier features to the test set's",
+        "frechet_gmm": "FD GMM: the same for z from a mixture fitted on an AE's codes",
+    }
+    lines += [f"  {notes[k]}" for k in columns if k in notes and any(k in r for r in summary)]
     for row in (head, *cells):
         lines.append("  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
     return "\n".join(lines)
@@ -134,12 +158,22 @@ def traversals(run, path, rows: int = 6) -> None:
 
 
 def run_sweep(
-    sweep: SweepConfig, name: str, *, figures=("latent",), eval_k: int = 0, log=print, **kwargs
+    sweep: SweepConfig,
+    name: str,
+    *,
+    figures=("latent",),
+    eval_k: int = 0,
+    quality_samples: int = 0,
+    classifier=None,
+    log=print,
+    **kwargs,
 ):
     """Train a sweep, evaluate the saved checkpoint with ``jaxae.metrics.evaluate_run``,
-    then write results.json/csv and figures next to it.
+    score ``quality_samples`` decoded samples per member with the digit classifier
+    (``jaxae.quality``; ``classifier``: its folder, by default beside the run, trained
+    there when missing), then write results.json/csv and figures next to it.
 
-    Keyword arguments go to ``jaxae.runner.run``.
+    Other keyword arguments go to ``jaxae.runner.run``.
     Returns:
         (result, rows, summary): the runner's result, per-member rows, mean/std over seeds.
     """
@@ -151,6 +185,14 @@ def run_sweep(
         evals = evaluate_run(
             run, k=eval_k, progress=kwargs.get("progress"), mse=False, active=False
         )
+    if quality_samples and hosts.is_primary():
+        with sw("classifier"):  # trained on the first run only
+            where = classifier or quality.default_path(out.parent, sweep.train.dataset)
+            clf = quality.fit_classifier(where, sweep.train.dataset, log=log)
+        with sw("sample quality"):
+            scored = sample_quality(run, clf, n=quality_samples, progress=kwargs.get("progress"))
+        for e, s in zip(evals, scored, strict=True):
+            e.update(s)
     rows = member_rows(sweep, result, evals)
     summary = aggregate(rows)
     with sw("figures"):

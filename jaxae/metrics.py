@@ -1,4 +1,4 @@
-"""Metrics beyond the training loop's: IW NLL, active units, sample blur, PCA baseline.
+"""Metrics beyond the training loop's: IW NLL, active units, sample blur and quality, PCA.
 
 ``evaluate_run`` takes a restored run (``jaxae.restore.load``) and evaluates every member
 of a group at once, vmapped; the same code serves a single model and a sweep.
@@ -6,12 +6,14 @@ of a group at once, vmapped; the same code serves a single model and a sweep.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxae import likelihoods
+from jaxae import generate, likelihoods, quality
 from jaxae.data import load as load_data
 from jaxae.losses import gaussian_log_density
 from jaxae.models import Model, latent_noise
@@ -125,13 +127,18 @@ def evaluate_run(
     progress: bool | None = None,
     mse: bool = True,
     active: bool = True,
+    quality_samples: int = 0,
+    classifier=None,
 ) -> list[dict]:
-    """Test metrics of every member: -ELBO, IW NLL (k samples), MSE, active units, PCA.
+    """Test metrics of every member: -ELBO, IW NLL (k samples), MSE, active units, PCA,
+    and the sample-quality scores of ``quality_samples`` decoded samples (0: none).
 
     VAEs whose likelihood is a density get the likelihood bounds (skipped when k == 0);
     AEs and squared-error models, whose decoder is not a normalised density here, get
     MSE, active units and (VAEs) sample blur only. ``mse=False`` skips the reconstruction
     MSE and ``active=False`` the active units (a sweep has both from its last evaluation).
+    ``classifier``: a ``jaxae.quality.TrainedClassifier`` or its folder; by default the
+    one next to the run (``models/classifier-<dataset>``), trained there when missing.
     """
     if k and k % chunk:
         chunk = next(c for c in range(min(chunk, k), 0, -1) if k % c == 0)
@@ -160,7 +167,40 @@ def evaluate_run(
             }
             row.update({key: v[j].item() if hasattr(v, "shape") else v for key, v in stats.items()})
             rows[i] = row
+    if quality_samples:
+        clf = classifier
+        if not isinstance(clf, quality.TrainedClassifier):
+            where = clf or quality.default_path(Path(run.path).parent, tcfg.dataset)
+            clf = quality.fit_classifier(where, tcfg.dataset, progress=progress)
+        scored = sample_quality(run, clf, n=quality_samples, seed=seed, progress=progress)
+        for row, s in zip(rows, scored, strict=True):
+            row.update(s)
     return rows
+
+
+def sample_quality(run: Loaded, clf, *, n: int = 10000, seed: int = 0, progress=None):
+    """Classifier scores (``jaxae.quality.scores``) of n decoded samples of every member.
+
+    Every member decodes z ~ N(0, I) (``confidence``, ``class_entropy``, ``frechet``); an
+    AE also decodes samples of the Gaussian mixture fitted on its training codes
+    (the same keys with ``_gmm``: ``jaxae.density``). The Fréchet distance is to the
+    classifier features of the test set.
+    Returns:
+        one dict per member.
+    """
+    if clf.dataset != run.train.dataset:
+        raise ValueError(f"a {clf.dataset} classifier cannot score {run.train.dataset} samples")
+    ref = quality.reference_stats(clf, load_data(run.train.dataset, "test")[0])
+    out = []
+    bar = {"disable": bar_disabled(progress), "desc": f"sample quality, {n} samples"}
+    for i, m in enumerate(tqdm(run.members, **bar)):
+        row = {}
+        for density in ("normal", "gmm") if m.model.kind == "ae" else ("normal",):
+            images, _ = generate.prior(run, i, n=n, seed=seed, density=density)
+            s = quality.scores(clf, images.reshape(n, -1), ref)
+            row.update({k + ("_gmm" if density == "gmm" else ""): v for k, v in s.items()})
+        out.append(row)
+    return out
 
 
 def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, progress, mse, active):

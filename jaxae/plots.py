@@ -59,6 +59,7 @@ def latent_curves(summary: list[dict], path) -> None:
         ("test_kl", "VAE test KL (nats)", ["vae"]),
         ("test_mse", "test MSE per pixel", kinds),
         ("active_units", "active latent units", kinds),
+        ("frechet", "sample quality: Fréchet distance (lower is better)", kinds),
     ]
     panels = [p for p in panels if set(p[2]) & set(kinds) and p[0] in summary[0]]
     fig = _figure(figsize=(4.5 * len(panels), 3.6))
@@ -84,6 +85,13 @@ def latent_curves(summary: list[dict], path) -> None:
                 ax.errorbar(
                     xs, ys, yerr=es, marker="s", ls="--", capsize=3, color="C2", label=label
                 )
+        if y == "frechet":  # z ~ N(0, I) above; an AE's codes have their own density
+            if any("frechet_gmm" in r for r in summary):
+                xs, ys, es = _series(summary, "ae", "latent", "frechet_gmm")
+                ax.errorbar(
+                    xs, ys, yerr=es, marker="s", ls="--", capsize=3, color="C3", label="AE, GMM z"
+                )
+            ax.set_yscale("log")
         if y == "active_units":
             xs = sorted({r["latent"] for r in summary})
             ax.plot(xs, xs, "k:", label="all units")
@@ -110,8 +118,9 @@ def rate_distortion(summary: list[dict], path) -> None:
     lines: dict[tuple, list[dict]] = {}
     for r in sorted(vae, key=lambda r: r["beta"]):
         lines.setdefault(tuple(r.get(k) for k in others), []).append(r)
-    fig = _figure(figsize=(15, 3.8))
-    a, b, c = fig.subplots(1, 3)
+    scored = all("frechet" in r for r in vae)
+    fig = _figure(figsize=(20 if scored else 15, 3.8))
+    a, b, c, *d = fig.subplots(1, 4 if scored else 3)
     for key, rs in lines.items():
         name = ", ".join(
             f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
@@ -152,6 +161,21 @@ def rate_distortion(summary: list[dict], path) -> None:
                 capsize=3,
                 label=name or None,
             )
+        if scored:
+            d[0].errorbar(
+                betas,
+                [r["frechet"] for r in rs],
+                yerr=[r["frechet_std"] for r in rs],
+                marker="o",
+                capsize=3,
+                label=name or None,
+            )
+    for ax in d:
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("beta")
+        ax.set_title("sample quality: Fréchet distance (lower is better)")
+        ax.grid(alpha=0.3)
     a.set_xlabel("rate: test KL (nats)")
     a.set_ylabel("distortion: test recon (nats)")
     a.set_title("rate-distortion across beta")

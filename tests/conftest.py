@@ -35,3 +35,17 @@ os.environ.setdefault("JAXAE_COMPILE_CACHE", "off")
 
 if _data_dir() is not None:  # for module-scoped fixtures and subprocesses too
     os.environ["JAXAE_DATA_DIR"] = str(_data_dir())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def classifier_dir(tmp_path_factory, data_dir):
+    """A quickly trained digit classifier (1 epoch on 2,560 digits) that every command run
+    by the tests finds through $JAXAE_CLASSIFIER_DIR, so no test trains the full one."""
+    from jaxae import quality
+
+    root = tmp_path_factory.mktemp("classifier")
+    quality.fit_classifier(
+        quality.default_path(root, "mnist"), "mnist", epochs=1, train_size=2560, log=lambda m: None
+    )
+    os.environ["JAXAE_CLASSIFIER_DIR"] = str(root)
+    return root

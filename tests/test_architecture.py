@@ -26,11 +26,18 @@ LAYERS = [
     {"jaxae.models", "jaxae.losses"},
     {"jaxae.step"},
     {"jaxae.sweep"},
-    {"jaxae.runner", "jaxae.restore"},
+    {"jaxae.runner", "jaxae.restore", "jaxae.quality"},
     {"jaxae.metrics", "jaxae.generate"},
     {"jaxae.experiment"},
-    {"jaxae.cli", "jaxae.cli.train", "jaxae.cli.sample", "jaxae.cli.evaluate", "jaxae.cli.sweep"},
-    {"jaxae.train", "jaxae.sample", "jaxae.evaluate", "jaxae"},
+    {
+        "jaxae.cli",
+        "jaxae.cli.train",
+        "jaxae.cli.sample",
+        "jaxae.cli.evaluate",
+        "jaxae.cli.sweep",
+        "jaxae.cli.classifier",
+    },
+    {"jaxae.train", "jaxae.sample", "jaxae.evaluate", "jaxae.classifier", "jaxae"},
 ]
 
 
@@ -108,8 +115,8 @@ def test_no_library_module_imports_argparse():
 HELP = """
 import sys
 from experiments.latent_sweep import main as sweep_main
-from jaxae.cli import evaluate, sample, train
-for f in (train.main, sample.main, evaluate.main, sweep_main):
+from jaxae.cli import classifier, evaluate, sample, train
+for f in (train.main, sample.main, evaluate.main, classifier.main, sweep_main):
     try:
         f(["--help"])
     except SystemExit:

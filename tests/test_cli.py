@@ -52,6 +52,8 @@ def ckpts(tmp_path_factory):
         "--train-size",
         "640",
         "--no-progress",
+        "--quality-samples",
+        "0",
         "--models-dir",
         str(root / "models"),
         "--runs-dir",
@@ -166,10 +168,13 @@ def test_scatter_and_evaluate(ckpts, tmp_path):
         "4",
         "--batch",
         "1000",
+        "--quality-samples",
+        "1000",
         "--no-progress",
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert (ckpts["sweep"] / "eval.json").exists() and "NLL IW" in p.stdout
+    assert "FD GMM" in p.stdout
     # the bounds are ordered: NLL_iw <= -ELBO_k <= -ELBO_1 (+ Monte Carlo noise)
     for m in json.loads((ckpts["sweep"] / "eval.json").read_text())["members"]:
         assert m["nll_iw"] <= m["neg_elbo_k"] <= m["neg_elbo_1"] + 1.0, m
@@ -201,6 +206,7 @@ def test_help_is_fast_and_explains():
         "jaxae.train",
         "jaxae.sample",
         "jaxae.evaluate",
+        "jaxae.classifier",
         "experiments.latent_sweep",
         "experiments.beta_sweep",
     ):
@@ -279,6 +285,12 @@ BAD = [
     ("flipped byte in checkpoint", ["jaxae.sample", "--ckpt", "{flipped}"], "corrupt"),
     ("evaluate: negative k", ["jaxae.evaluate", "--ckpt", "{vae}", "--k", "-1"], "must be >= 0"),
     ("evaluate: missing checkpoint", ["jaxae.evaluate", "--ckpt", "{tmp}/nope"], "no checkpoint"),
+    (
+        "evaluate: a VAE run as the classifier",
+        ["jaxae.evaluate", "--ckpt", "{vae}", "--k", "0", "--classifier", "{ae}"],
+        "is not a jaxae classifier",
+    ),
+    ("classifier: zero epochs", ["jaxae.classifier", "--epochs", "0"], "positive integer"),
     ("run name escapes", [*TRAIN, "--run", "../x"], "must be a plain folder name"),
     ("absolute run name", [*TRAIN, "--run", "/tmp/x"], "must be a plain folder name"),
     (
@@ -329,7 +341,7 @@ def test_beta_sweep_with_warmup_and_learning_rate_axes(tmp_path):
     p = run_cli(
         *("experiments.beta_sweep", "--betas", "4", "--warmups", "0", "5"),
         *("--lrs", "1e-3", "3e-3", "--latents", "2", "--seeds", "1", "--hidden", "16"),
-        *("--epochs", "1", "--train-size", "640", "--no-progress"),
+        *("--epochs", "1", "--train-size", "640", "--no-progress", "--quality-samples", "300"),
         *("--models-dir", str(tmp_path / "m"), "--runs-dir", str(tmp_path / "r")),
     )
     assert p.returncode == 0, p.stderr[-2000:]
@@ -343,3 +355,6 @@ def test_beta_sweep_with_warmup_and_learning_rate_axes(tmp_path):
     losses = [m["test_loss"] for m in doc["members"]]
     assert len(set(losses)) == 4
     assert mpimg.imread(out / "traversals.png").shape[0] > 100
+    # the figure's fourth panel: the Fréchet distance of each member's samples
+    assert all(m["frechet"] > 0 for m in doc["members"])
+    assert mpimg.imread(out / "beta_sweep.png").shape[1] == 20 * 110

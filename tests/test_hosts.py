@@ -13,7 +13,7 @@ from jaxae.summary import read_scalars
 
 SWEEP = ["experiments.latent_sweep", "--kinds", "vae", "ae", "--latents", "2", "4"]
 SWEEP += ["--seeds", "1", "--hidden", "16", "--epochs", "1", "--train-size", "640"]
-SWEEP += ["--no-progress"]
+SWEEP += ["--no-progress", "--quality-samples", "200"]
 
 
 def _free_port() -> int:

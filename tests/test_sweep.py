@@ -152,6 +152,8 @@ def test_latent_sweep_cli(tmp_path):
         str(tmp_path / "r"),
         "--compile-cache",
         str(tmp_path / "xla"),
+        "--quality-samples",
+        "500",
     )
     assert p.returncode == 0, p.stderr[-3000:]
     assert len(list((tmp_path / "xla").iterdir())) > 10  # the programs, for the next run
@@ -165,6 +167,11 @@ def test_latent_sweep_cli(tmp_path):
     assert (out / "results.csv").read_text().count("\n") == 9
     assert len(list((tmp_path / "r" / "latent_sweep").iterdir())) == 8  # one run per member
     assert "PCA" in p.stdout
+    # sample quality of every member; an AE's also from the mixture on its codes
+    for m in doc["members"]:
+        assert m["frechet"] > 0 and 0 < m["confidence"] <= 1, m
+        assert ("frechet_gmm" in m) == (m["kind"] == "ae")
+    assert " FD GMM" in p.stdout and "Fréchet" in p.stdout
     # where the wall time went: every phase, printed and saved
     phases = doc["timing"]["phases"]
     assert list(phases) == [*PHASES], phases
@@ -187,6 +194,8 @@ PHASES = (
     "epoch eval",
     "checkpoints",
     "final eval",
+    "classifier",
+    "sample quality",
     "figures",
 )
 

@@ -232,6 +232,24 @@ def add_train_flags(
     add_progress_flag(o)
 
 
+def add_quality_flags(p) -> None:
+    """--quality-samples and --classifier: the sample-quality scores (``jaxae.quality``)."""
+    p.add_argument(
+        "--quality-samples",
+        type=non_negative_int,
+        default=10000,
+        help="decoded samples per member scored by the digit classifier: confidence, "
+        "entropy of the predicted classes, Fréchet distance of its features to the test "
+        "set's (0: skip)",
+    )
+    p.add_argument(
+        "--classifier",
+        default=None,
+        help="classifier folder (default: classifier-<dataset> in $JAXAE_CLASSIFIER_DIR or "
+        "beside the runs; trained there first when missing: python -m jaxae.classifier)",
+    )
+
+
 def add_progress_flag(p) -> None:
     """``--progress`` / ``--no-progress``; by default a bar only when stderr is a terminal."""
     p.add_argument(

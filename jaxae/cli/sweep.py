@@ -8,6 +8,7 @@ from jaxae import config
 from jaxae.cli import (
     STARTED,
     Parser,
+    add_quality_flags,
     add_train_flags,
     checked,
     format_result,
@@ -72,6 +73,7 @@ def sweep_parser(prog: str, description: str, *, epochs: int | None = None, **ax
         help="importance samples for a test NLL of every VAE member whose likelihood is a "
         "density, after training (0: skip; costly, see python -m jaxae.evaluate)",
     )
+    add_quality_flags(p)
     p.add_argument(
         "--drop-nonfinite",
         action="store_true",
@@ -115,6 +117,8 @@ def sweep_main(parser, default_name: str, figures, argv=None, columns=None) -> i
             figures=figures,
             drop_nonfinite=args.drop_nonfinite,
             eval_k=args.eval_k,
+            quality_samples=args.quality_samples,
+            classifier=args.classifier,
             stopwatch=sw,
             **run_kwargs(args),
         )

@@ -1,0 +1,102 @@
+"""The sample-quality scores: Fréchet distance against closed forms, class entropy by hand,
+the classifier's patch convolutions against lax's, and its train-once checkpoint."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from jaxae import quality
+from jaxae.checkpoint import CheckpointError
+from jaxae.data import load
+
+
+def _random_cov(rng, d):
+    a = rng.standard_normal((d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def test_frechet_distance_matches_closed_forms():
+    rng = np.random.default_rng(0)
+    # diagonal covariances: |m1 - m2|^2 + sum (sqrt(a) - sqrt(b))^2
+    m1, m2 = rng.standard_normal(5), rng.standard_normal(5)
+    a, b = rng.uniform(0.1, 3, 5), rng.uniform(0.1, 3, 5)
+    want = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    got = quality.frechet_distance(m1, np.diag(a), m2, np.diag(b))
+    assert got == pytest.approx(want, rel=1e-10)
+    # full covariances: scipy's matrix square root of the (non-symmetric) product
+    c1, c2 = _random_cov(rng, 8), _random_cov(rng, 8)
+    m1, m2 = rng.standard_normal(8), rng.standard_normal(8)
+    root = scipy.linalg.sqrtm(c1 @ c2).real
+    want = np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * root)
+    assert quality.frechet_distance(m1, c1, m2, c2) == pytest.approx(want, rel=1e-9)
+    assert quality.frechet_distance(m2, c2, m1, c1) == pytest.approx(want, rel=1e-9)
+    assert quality.frechet_distance(m1, c1, m1, c1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_of_samples_converges_to_the_gaussians():
+    rng = np.random.default_rng(1)
+    c1, c2 = _random_cov(rng, 4), _random_cov(rng, 4)
+    m1, m2 = np.zeros(4), np.full(4, 0.5)
+    want = quality.frechet_distance(m1, c1, m2, c2)
+    x = rng.multivariate_normal(m1, c1, 200_000)
+    y = rng.multivariate_normal(m2, c2, 200_000)
+    got = quality.frechet_distance(*quality.gaussian_stats(x), *quality.gaussian_stats(y))
+    assert got == pytest.approx(want, rel=0.02)
+
+
+def test_class_entropy_by_hand():
+    assert quality.class_entropy(np.arange(10).repeat(7)) == pytest.approx(np.log(10))
+    assert quality.class_entropy(np.full(50, 3)) == 0.0
+    p = np.array([2, 3, 1]) / 6  # classes 0, 0, 1, 1, 1, 2
+    assert quality.class_entropy(np.array([0, 0, 1, 1, 1, 2])) == pytest.approx(
+        -(p * np.log(p)).sum()
+    )
+
+
+def test_patch_convolution_is_a_padded_strided_convolution():
+    rng = np.random.default_rng(2)
+    h = jnp.asarray(rng.standard_normal((3, 14, 14, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 5, 7)), jnp.float32)
+    want = jax.lax.conv_general_dilated(
+        h, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    got = quality.patches(h, 2) @ kernel.reshape(45, 7)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def clf(tmp_path_factory, data_dir):
+    """A classifier trained briefly (2 epochs on 6,400 digits) into a missing folder."""
+    path = tmp_path_factory.mktemp("q") / "classifier-mnist"
+    logs = []
+    out = quality.fit_classifier(path, "mnist", epochs=2, train_size=6400, log=logs.append)
+    assert any("training" in m for m in logs) and path.is_dir()
+    return out
+
+
+def test_classifier_is_trained_once_then_restored(clf, monkeypatch):
+    assert clf.accuracy > 0.9  # 2 epochs on 6,400 digits; the full command reaches 99 %
+    monkeypatch.setattr(quality, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
+    again = quality.fit_classifier(clf.path, "mnist")
+    assert again.accuracy == clf.accuracy
+    for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(clf.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(CheckpointError, match="classifier of mnist, not of fashion_mnist"):
+        quality.fit_classifier(clf.path, "fashion_mnist")
+
+
+def test_scores_of_real_and_fake_digits(clf):
+    test, train = load("mnist", "test")[0], load("mnist", "train")[0]
+    ref = quality.reference_stats(clf, test)
+    x = test.reshape(len(test), -1) / 255.0
+    same = quality.scores(clf, x, ref)
+    other = quality.scores(clf, train[:10000].reshape(10000, -1) / 255.0, ref)
+    noise = quality.scores(clf, np.random.default_rng(0).random(x.shape), ref)
+    assert abs(same["frechet"]) < 1e-8 * noise["frechet"]  # the test set against itself
+    assert same["class_entropy"] > 2.28  # MNIST's test classes are nearly uniform
+    ones = quality.scores(clf, x[load("mnist", "test")[1] == 1], ref)
+    assert other["frechet"] < 0.05 * noise["frechet"]  # fresh real digits score near 0
+    assert ones["class_entropy"] < 0.2 and ones["frechet"] > 10 * other["frechet"]
+    assert 0.1 <= other["confidence"] <= 1.0
