@@ -289,13 +289,22 @@ class Checkpointer:
     listed, so a crash during a save leaves the previous step as the latest.
     """
 
-    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3, create: bool = True):
+    def __init__(
+        self,
+        directory: str | pathlib.Path,
+        *,
+        max_to_keep: int = 3,
+        create: bool = True,
+        local: bool = False,
+    ):
         """Opens (or creates) a run folder.
 
         Args:
           directory: run folder; relative paths are resolved to absolute ones.
           max_to_keep: number of most recent steps kept on disk (older ones are deleted).
           create: create the folder when missing; when False a missing folder raises.
+          local: this process alone reads and writes it (with several processes, orbax
+            otherwise waits for all of them at its barriers).
 
         Raises:
           CheckpointError: ``create`` is False and the folder does not exist.
@@ -303,7 +312,13 @@ class Checkpointer:
         self.directory = pathlib.Path(directory).expanduser().resolve()
         if not create and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint at {self.directory}")
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+        multi = {}
+        if local and jax.process_count() > 1:
+            me = jax.process_index()
+            multi["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+                primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"local{me}"
+            )
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create, **multi)
         handlers = {
             "state": ocp.StandardCheckpointHandler(),
             "config": ocp.JsonCheckpointHandler(),

@@ -177,11 +177,13 @@ def _abstract():
 
 def load_classifier(path) -> TrainedClassifier:
     """Restore a classifier saved by ``fit_classifier``; CheckpointError when absent/corrupt."""
-    with Checkpointer(path, create=False) as mgr:
+    with Checkpointer(path, create=False, local=True) as mgr:
         cfg = mgr.read_config()
         if cfg.get("type") != "classifier":
             raise CheckpointError(f"{Path(path).resolve()} is not a jaxae classifier")
-        params = mgr.restore({"params": _abstract()})["params"]
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda a: a.update(sharding=device), _abstract())
+        params = mgr.restore({"params": target})["params"]
     return TrainedClassifier(params, cfg["dataset"], cfg["test_accuracy"], str(path))
 
 
@@ -210,7 +212,7 @@ def fit_classifier(
     params, acc = train_classifier(train, test, epochs=epochs, progress=progress)
     cfg = {"type": "classifier", "dataset": dataset, "epochs": epochs, "test_accuracy": acc}
     cfg["train_size"] = len(train[0])
-    with Checkpointer(path, max_to_keep=1) as mgr:
+    with Checkpointer(path, max_to_keep=1, local=True) as mgr:
         step = (mgr.latest_step() or 0) + 1
         mgr.save(step, {"params": params}, cfg, wait=True)
     log(f"classifier test accuracy {100 * acc:.2f} % ({len(test[0]):,} {dataset} test digits)")
@@ -273,3 +275,12 @@ def reference_stats(clf: TrainedClassifier, images) -> tuple[np.ndarray, np.ndar
 
 
 UNIFORM_ENTROPY = math.log(10)
+
+
+def real_digit_scores(clf: TrainedClassifier, n: int = 10000) -> dict:
+    """The scores of n training digits against the test set: what a generator that
+    reproduced the data distribution would reach with n samples (the floor of the
+    Fréchet distance at that sample size)."""
+    ref = reference_stats(clf, load_data(clf.dataset, "test")[0])
+    x = load_data(clf.dataset, "train")[0][:n]
+    return scores(clf, x.reshape(len(x), -1).astype(np.float32) / 255.0, ref)

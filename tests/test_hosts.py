@@ -42,8 +42,8 @@ def test_two_processes_match_one_and_restore_in_one(tmp_path):
         for i in range(2)
     ]
     logs = [p.communicate(timeout=400) for p in procs]
-    for p, (_, err) in zip(procs, logs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    for p, (out, err) in zip(procs, logs, strict=True):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
     one = run_cli(*SWEEP, "--models-dir", str(tmp_path / "m1"), "--runs-dir", str(tmp_path / "r1"))
     assert one.returncode == 0, one.stderr[-3000:]
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from helpers import run_cli
 
 from jaxae import quality
 from jaxae.checkpoint import CheckpointError
@@ -100,3 +101,14 @@ def test_scores_of_real_and_fake_digits(clf):
     assert other["frechet"] < 0.05 * noise["frechet"]  # fresh real digits score near 0
     assert ones["class_entropy"] < 0.2 and ones["frechet"] > 10 * other["frechet"]
     assert 0.1 <= other["confidence"] <= 1.0
+
+
+def test_classifier_command_trains_once_and_prints_its_accuracy(tmp_path):
+    args = ("jaxae.classifier", "--out", str(tmp_path / "c"), "--epochs", "1")
+    args += ("--train-size", "640", "--no-progress")
+    first, second = run_cli(*args), run_cli(*args)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:]
+    assert "training the mnist classifier" in first.stdout
+    assert "training the" not in second.stdout  # found, not trained again
+    acc = [ln for ln in first.stdout.splitlines() if "test accuracy" in ln][-1]
+    assert acc in second.stdout and "Fréchet distance" in second.stdout
