@@ -23,6 +23,9 @@ def main(argv=None) -> int:
         "test_mse",
         "sample_entropy",
         "active_units",
+        "confidence",
+        "class_entropy",
+        "frechet",
     )
     return sweep_main(parser, "beta_sweep", figures=("beta",), argv=argv, columns=columns)
 
