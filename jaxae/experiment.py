@@ -187,8 +187,7 @@ def run_sweep(
         )
     if quality_samples and hosts.is_primary():
         with sw("classifier"):  # trained on the first run only
-            where = classifier or quality.default_path(out.parent, sweep.train.dataset)
-            clf = quality.fit_classifier(where, sweep.train.dataset, log=log)
+            clf = quality.resolve(classifier, out.parent, sweep.train.dataset, log=log)
         with sw("sample quality"):
             scored = sample_quality(run, clf, n=quality_samples, progress=kwargs.get("progress"))
         for e, s in zip(evals, scored, strict=True):

@@ -168,10 +168,7 @@ def evaluate_run(
             row.update({key: v[j].item() if hasattr(v, "shape") else v for key, v in stats.items()})
             rows[i] = row
     if quality_samples:
-        clf = classifier
-        if not isinstance(clf, quality.TrainedClassifier):
-            where = clf or quality.default_path(Path(run.path).parent, tcfg.dataset)
-            clf = quality.fit_classifier(where, tcfg.dataset, progress=progress)
+        clf = quality.resolve(classifier, Path(run.path).parent, tcfg.dataset, progress=progress)
         scored = sample_quality(run, clf, n=quality_samples, seed=seed, progress=progress)
         for row, s in zip(rows, scored, strict=True):
             row.update(s)

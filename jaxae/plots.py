@@ -152,24 +152,16 @@ def rate_distortion(summary: list[dict], path) -> None:
                 capsize=3,
                 label=f"{label} {name}".strip(),
             )
-        if "sample_entropy" in rs[0]:
-            c.errorbar(
-                betas,
-                [r["sample_entropy"] for r in rs],
-                yerr=[r["sample_entropy_std"] for r in rs],
-                marker="o",
-                capsize=3,
-                label=name or None,
-            )
-        if scored:
-            d[0].errorbar(
-                betas,
-                [r["frechet"] for r in rs],
-                yerr=[r["frechet_std"] for r in rs],
-                marker="o",
-                capsize=3,
-                label=name or None,
-            )
+        for ax, k in ((c, "sample_entropy"), *((ax, "frechet") for ax in d)):
+            if k in rs[0]:
+                ax.errorbar(
+                    betas,
+                    [r[k] for r in rs],
+                    yerr=[r[f"{k}_std"] for r in rs],
+                    marker="o",
+                    capsize=3,
+                    label=name or None,
+                )
     for ax in d:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

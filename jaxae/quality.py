@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from pathlib import Path
 
 import flax.linen as nn
@@ -187,6 +188,15 @@ def load_classifier(path) -> TrainedClassifier:
     return TrainedClassifier(params, cfg["dataset"], cfg["test_accuracy"], str(path))
 
 
+def resolve(classifier, models_dir, dataset: str, **kw) -> TrainedClassifier:
+    """``classifier`` as a TrainedClassifier: itself, the one in its folder, or (None) the
+    one at ``default_path(models_dir, dataset)``; trained where it is missing
+    (``fit_classifier``, which gets ``kw``)."""
+    if isinstance(classifier, TrainedClassifier):
+        return classifier
+    return fit_classifier(classifier or default_path(models_dir, dataset), dataset, **kw)
+
+
 def fit_classifier(
     path,
     dataset: str = "mnist",
@@ -207,6 +217,7 @@ def fit_classifier(
             raise CheckpointError(f"{path} is a classifier of {clf.dataset}, not of {dataset}")
         return clf
     log(f"training the {dataset} classifier ({epochs} epochs) into {path}")
+    start = time.perf_counter()
     train, test = load_data(dataset, "train"), load_data(dataset, "test")
     train = (train[0][:train_size], train[1][:train_size])
     params, acc = train_classifier(train, test, epochs=epochs, progress=progress)
@@ -215,7 +226,11 @@ def fit_classifier(
     with Checkpointer(path, max_to_keep=1, local=True) as mgr:
         step = (mgr.latest_step() or 0) + 1
         mgr.save(step, {"params": params}, cfg, wait=True)
-    log(f"classifier test accuracy {100 * acc:.2f} % ({len(test[0]):,} {dataset} test digits)")
+    secs = time.perf_counter() - start
+    log(
+        f"classifier test accuracy {100 * acc:.2f} % ({len(test[0]):,} {dataset} test digits), "
+        f"trained in {secs:.0f} s"
+    )
     return TrainedClassifier(params, dataset, acc, str(path))
 
 
@@ -247,7 +262,7 @@ def class_entropy(pred, classes: int = 10) -> float:
     """Entropy (nats) of the histogram of predicted classes (N,); log(classes) is uniform."""
     p = np.bincount(np.asarray(pred), minlength=classes) / len(pred)
     p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
+    return float(-(p * np.log(p)).sum()) + 0.0  # + 0.0: no "-0.0" for a single class
 
 
 def scores(clf: TrainedClassifier, images, reference) -> dict:
@@ -277,10 +292,12 @@ def reference_stats(clf: TrainedClassifier, images) -> tuple[np.ndarray, np.ndar
 UNIFORM_ENTROPY = math.log(10)
 
 
-def real_digit_scores(clf: TrainedClassifier, n: int = 10000) -> dict:
-    """The scores of n training digits against the test set: what a generator that
-    reproduced the data distribution would reach with n samples (the floor of the
-    Fréchet distance at that sample size)."""
+def calibration(clf: TrainedClassifier, n: int = 10000) -> dict:
+    """The scores against the test set of n training digits (what a generator that
+    reproduced the data would reach with n samples: the floor of the Fréchet distance at
+    that size) and of n images of uniform noise: {"digits": ..., "noise": ...}."""
     ref = reference_stats(clf, load_data(clf.dataset, "test")[0])
     x = load_data(clf.dataset, "train")[0][:n]
-    return scores(clf, x.reshape(len(x), -1).astype(np.float32) / 255.0, ref)
+    noise = np.random.default_rng(0).random((len(x), x[0].size), dtype=np.float32)
+    digits = scores(clf, x.reshape(len(x), -1).astype(np.float32) / 255.0, ref)
+    return {"digits": digits, "noise": scores(clf, noise, ref)}

@@ -53,12 +53,13 @@ def main(argv=None) -> int:
             train_size=args.train_size,
         )
         print(f"{clf.path}: test accuracy {100 * clf.accuracy:.2f} % on {clf.dataset}")
-        s = quality.real_digit_scores(clf)
-        print(
-            f"10,000 training digits against the test set (a perfect generator's level): "
-            f"confidence {s['confidence']:.3f}, class entropy {s['class_entropy']:.3f} "
-            f"(uniform: {quality.UNIFORM_ENTROPY:.3f}), Fréchet distance {s['frechet']:.2f}"
-        )
+        for what, s in quality.calibration(clf).items():
+            print(
+                f"10,000 {'training digits' if what == 'digits' else 'noise images'} against "
+                f"the test set: confidence {s['confidence']:.3f}, class entropy "
+                f"{s['class_entropy']:.3f} (uniform: {quality.UNIFORM_ENTROPY:.3f}), "
+                f"Fréchet distance {s['frechet']:.2f}"
+            )
         return 0
 
     return guarded(run_main)
