@@ -277,13 +277,16 @@ def scaling(images, *, members=(1, 6, 12, 36), steps: int = 100) -> dict:
     return rows
 
 
-def sweep_ablation(images, peak: float, *, members=(6, 36), steps: int = 60, rounds=2) -> dict:
+def sweep_ablation(
+    images, peak: float, *, members=(1, 6, 36), steps: int = 100, rounds=2
+) -> dict:
     """Why member throughput falls as a sweep grows: the sweep's step against variants
     that each remove one cost, at each member count, interleaved, best of ``rounds``.
 
     Variants: ``full`` (the real step); ``sgd`` (plain SGD: no Adam moments to read and
     write); ``grey`` (no dynamic binarization of the shared batch); ``no_noise`` (zeros
-    instead of the per-column latent noise draws). % of peak counts the FLOPs the padded
+    instead of the per-column latent noise draws); ``matmuls`` (the step's matrix
+    products alone, ``matmuls_only``: the ceiling). % of peak counts the FLOPs the padded
     members execute (every member of a group at the group's latent size).
     """
     import jax.numpy as jnp
@@ -295,8 +298,12 @@ def sweep_ablation(images, peak: float, *, members=(6, 36), steps: int = 60, rou
     from jaxae.sweep import sweep_program
 
     def program(m: int, variant: str):
+        if variant == "matmuls":
+            return matmuls_only(images, m, steps=steps, chunk=min(50, steps))
+        # latents from the largest down, so that one member is a latent-64 model and every
+        # group runs at latent 64: the FLOPs counted below are the executed ones
         ms = tuple(
-            Member(ModelConfig(hidden=HIDDEN, latent=LATENTS[i % len(LATENTS)]), i // len(LATENTS))
+            Member(ModelConfig(hidden=HIDDEN, latent=LATENTS[::-1][i % len(LATENTS)]), i // 6)
             for i in range(m)
         )
         tcfg = TrainConfig(binarize=variant != "grey")
@@ -312,7 +319,7 @@ def sweep_ablation(images, peak: float, *, members=(6, 36), steps: int = 60, rou
             jaxae.models.latent_noise, jaxae.sweep.make_optimizer = noise, adam
 
     flops = train_flops(784, HIDDEN, max(LATENTS))  # the padded group's size
-    variants = ("full", "sgd", "grey", "no_noise")
+    variants = ("full", "sgd", "grey", "no_noise", "matmuls")
     best = {(m, v): 0.0 for m in members for v in variants}
     for _ in range(rounds):
         for m in members:
@@ -328,6 +335,56 @@ def sweep_ablation(images, peak: float, *, members=(6, 36), steps: int = 60, rou
         }
         for m in members
     }
+
+
+def matmuls_only(images, m: int, *, steps: int = 60, chunk: int = 50, latent: int = 64) -> float:
+    """Member-examples/s of the sweep step's matrix products alone: m stacked
+    784-512-256-(2 x latent) encoders and latent-256-512-784 decoders, vmapped as in the
+    sweep, each step the forward products, the products of the backward pass (input and
+    weight gradients) and an SGD update, nothing else (no activations, loss, noise or
+    Adam). The same FLOPs as ``train_flops``: the ceiling of the step at m members.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    widths = (784, *HIDDEN)
+    shapes = [*zip(widths[:-1], widths[1:])]
+    shapes += [(widths[-1], 2 * latent), (latent, widths[-1])]
+    shapes += [(b, a) for a, b in reversed(list(zip(widths[:-1], widths[1:])))]
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    ws = [0.01 * jax.random.normal(k, (m, *s)) for k, s in zip(keys, shapes, strict=True)]
+    enc = len(widths) - 1
+
+    def grads(ws, x):
+        acts, h = [], x
+        for i, w in enumerate(ws):
+            acts.append(h)
+            h = h @ w
+            if i == enc:  # the decoder reads the first half (the mean) of the encoder's output
+                h = h[:, :latent]
+        g, out = 1e-3 * h, [None] * len(ws)
+        for i in reversed(range(len(ws))):
+            if i == enc:
+                g = jnp.concatenate([g, g], 1)
+            out[i] = acts[i].T @ g
+            if i:
+                g = g @ ws[i].T
+        return out
+
+    def body(ws, i):
+        x = images[jax.lax.dynamic_slice_in_dim(jnp.arange(images.shape[0]), i * 128, 128)]
+        x = x.reshape(128, -1).astype(jnp.float32) / 255.0
+        g = jax.vmap(grads, in_axes=(0, None))(ws, x)
+        return [w - 1e-6 * d for w, d in zip(ws, g, strict=True)], None
+
+    f = jax.jit(lambda ws, s: jax.lax.scan(body, ws, s + jnp.arange(chunk))[0], donate_argnums=0)
+    ws = f(ws, 0)
+    jax.block_until_ready(ws)
+    t = time.perf_counter()
+    for i in range(steps // chunk):
+        ws = f(ws, i * chunk)
+    jax.block_until_ready(ws)
+    return (steps // chunk) * chunk * 128 * m / (time.perf_counter() - t)
 
 
 MAINJOB_SMALL = ("--train-size", "2560", "--epochs", "2")
@@ -554,7 +611,7 @@ def main(argv=None) -> int:
         )
     save()
     if "ablation" in args.only:
-        res["ablation"] = r = sweep_ablation(images, peak, steps=60 if cpu else 1000)
+        res["ablation"] = r = sweep_ablation(images, peak, steps=100 if cpu else 1000)
         for m, row in r.items():
             print(
                 f"sweep of {m} members, steady state, member-examples/s (% of peak): "

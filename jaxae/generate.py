@@ -38,7 +38,7 @@ def code_density(run: Loaded, i: int, *, k: int = 10, count: int = 10000) -> Gau
     """A k-component Gaussian mixture fitted on member i's posterior means (codes) of the
     first ``count`` training images, inputs prepared like the test set's."""
     _, xt, _ = run.test_set(i, "train", count)
-    return fit_gmm(np.asarray(run.encode(i, xt)), k, seed=0, tol=1e-4)
+    return fit_gmm(np.asarray(run.encode(i, xt)), k, seed=0, tol=1e-3)
 
 
 def prior(

@@ -71,8 +71,12 @@ class TrainedClassifier:
     accuracy: float
     path: str
 
-    def apply(self, x, batch: int = 2000):
-        """(logits (N, 10), features (N, 128)) as numpy for images x (N, 784) in [0, 1]."""
+    def apply(self, x, batch: int = 250):
+        """(logits (N, 10), features (N, 128)) as numpy for images x (N, 784) in [0, 1].
+
+        Small batches keep the patches in cache: on the 2-core CPU, 250 images a call ran
+        2.8x faster than 2000 (34.5k vs 12.3k images/s, an ad-hoc timing).
+        """
         x = np.asarray(x, np.float32).reshape(len(x), -1)
         outs = [_forward(self.params, x[i : i + batch]) for i in range(0, len(x), batch)]
         return tuple(np.concatenate([np.asarray(o[j]) for o in outs]) for j in (0, 1))

@@ -11,6 +11,7 @@ groups advance inside the same scanned step on the same batches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ from jaxae.config import (
     structure,
     to_dict,
 )
-from jaxae.models import Model
+from jaxae.models import Model, init_params
 from jaxae.step import (
     Program,
     host_device,
@@ -241,6 +242,12 @@ def sweep_program(sweep: SweepConfig):
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _param_shapes(cfg: ModelConfig):
+    """Shapes of a model's params (traced once per config: scoring calls this per sample)."""
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+
+
 def member_params(prog_state, sweep: SweepConfig, i: int):
     """Params of member i cut back to its true latent size (a standalone model's tree)."""
     groups = group_members(sweep.members)
@@ -248,10 +255,6 @@ def member_params(prog_state, sweep: SweepConfig, i: int):
         if i in g.index:
             m = sweep.members[i]
             padded = unstack(st["params"], g.index.index(i))
-            shapes = jax.eval_shape(
-                lambda m=m: init_state(m.model, make_optimizer(sweep.train), jax.random.key(0))[
-                    "params"
-                ]
-            )
+            shapes = _param_shapes(m.model)
             return jax.tree.map(lambda a, s: a[tuple(slice(0, n) for n in s.shape)], padded, shapes)
     raise IndexError(f"no member {i}")

@@ -43,3 +43,13 @@ def test_samples_follow_the_mixture():
 def test_too_few_points():
     with pytest.raises(ValueError, match="at least 10 points"):
         fit_gmm(np.zeros((5, 2)), 10)
+
+
+def test_a_far_offset_changes_nothing_but_the_means():
+    # the heavy matmuls run in float32: without centring, whitening points near 1e4
+    # cancels most of their digits and the covariances come out wrong
+    z = TRUE.sample(5000, seed=3)
+    near, far = fit_gmm(z, 2, seed=0), fit_gmm(z + 1e4, 2, seed=0)
+    np.testing.assert_allclose(far.means - 1e4, near.means, atol=1e-6)
+    np.testing.assert_allclose(far.covs, near.covs, atol=1e-6)
+    np.testing.assert_allclose(far.weights, near.weights, atol=1e-6)
