@@ -277,9 +277,7 @@ def scaling(images, *, members=(1, 6, 12, 36), steps: int = 100) -> dict:
     return rows
 
 
-def sweep_ablation(
-    images, peak: float, *, members=(1, 6, 36), steps: int = 100, rounds=2
-) -> dict:
+def sweep_ablation(images, peak: float, *, members=(1, 6, 36), steps: int = 100, rounds=2) -> dict:
     """Why member throughput falls as a sweep grows: the sweep's step against variants
     that each remove one cost, at each member count, interleaved, best of ``rounds``.
 
@@ -348,9 +346,9 @@ def matmuls_only(images, m: int, *, steps: int = 60, chunk: int = 50, latent: in
     import jax.numpy as jnp
 
     widths = (784, *HIDDEN)
-    shapes = [*zip(widths[:-1], widths[1:])]
+    shapes = [*zip(widths[:-1], widths[1:], strict=True)]
     shapes += [(widths[-1], 2 * latent), (latent, widths[-1])]
-    shapes += [(b, a) for a, b in reversed(list(zip(widths[:-1], widths[1:])))]
+    shapes += [(b, a) for a, b in reversed(list(zip(widths[:-1], widths[1:], strict=True)))]
     keys = jax.random.split(jax.random.key(0), len(shapes))
     ws = [0.01 * jax.random.normal(k, (m, *s)) for k, s in zip(keys, shapes, strict=True)]
     enc = len(widths) - 1
