@@ -256,22 +256,30 @@ def _cli_times(tmp: Path, epochs: int) -> tuple[float, float]:
     return sweep, separate
 
 
+def latent_members(m: int, *, largest_first: bool = False) -> tuple:
+    """m members of the latent sweep (784-512-256, latents 2..64, then the next seed)."""
+    from jaxae.config import Member, ModelConfig
+
+    lat = LATENTS[::-1] if largest_first else LATENTS
+    return tuple(
+        Member(ModelConfig(hidden=HIDDEN, latent=lat[i % len(lat)]), i // len(lat))
+        for i in range(m)
+    )
+
+
 def scaling(images, *, members=(1, 6, 12, 36), steps: int = 100) -> dict:
     """Steady-state member-examples/s of sweeps of growing size (latents 2..64 x seeds).
 
     On a CPU the members share the cores, so this stays about flat; on an accelerator a
     bigger program fills the device and the throughput grows with the member count.
     """
-    from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
+    from jaxae.config import SweepConfig, TrainConfig
     from jaxae.sweep import sweep_program
 
     tcfg = TrainConfig()
     rows = {}
     for m in members:
-        ms = tuple(
-            Member(ModelConfig(hidden=HIDDEN, latent=LATENTS[i % len(LATENTS)]), i // len(LATENTS))
-            for i in range(m)
-        )
+        ms = latent_members(m)
         speed = _program_speed(sweep_program(SweepConfig(ms, tcfg)), images, steps=steps, batch=128)
         rows[str(m)] = {"member_examples_per_s": speed * m, "steps_per_s": speed / 128}
     return rows
@@ -292,18 +300,15 @@ def sweep_ablation(images, peak: float, *, members=(1, 6, 36), steps: int = 100,
 
     import jaxae.models
     import jaxae.sweep
-    from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
+    from jaxae.config import SweepConfig, TrainConfig
     from jaxae.sweep import sweep_program
 
     def program(m: int, variant: str):
         if variant == "matmuls":
             return matmuls_only(images, m, steps=steps, chunk=min(50, steps))
-        # latents from the largest down, so that one member is a latent-64 model and every
-        # group runs at latent 64: the FLOPs counted below are the executed ones
-        ms = tuple(
-            Member(ModelConfig(hidden=HIDDEN, latent=LATENTS[::-1][i % len(LATENTS)]), i // 6)
-            for i in range(m)
-        )
+        # largest latent first: every group runs at latent 64, even a 1-member one, so the
+        # FLOPs counted below are the executed ones
+        ms = latent_members(m, largest_first=True)
         tcfg = TrainConfig(binarize=variant != "grey")
         noise, adam = jaxae.models.latent_noise, jaxae.sweep.make_optimizer
         try:  # the variants swap one piece while the program is built and traced

@@ -32,16 +32,20 @@ def measure(members: int) -> str:
     """One line: the step's steady-state speed under this process's XLA_FLAGS."""
     import jax.numpy as jnp
 
-    from benchmarks.run import HIDDEN, LATENTS, _program_speed, peak_gflops, train_flops
-    from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
+    from benchmarks.run import (
+        HIDDEN,
+        LATENTS,
+        _program_speed,
+        latent_members,
+        peak_gflops,
+        train_flops,
+    )
+    from jaxae.config import SweepConfig, TrainConfig
     from jaxae.runner import load_images
     from jaxae.sweep import sweep_program
 
     images = jnp.asarray(load_images("mnist", "train"))
-    ms = tuple(
-        Member(ModelConfig(hidden=HIDDEN, latent=LATENTS[i % len(LATENTS)]), i // len(LATENTS))
-        for i in range(members)
-    )
+    ms = latent_members(members)
     peak = peak_gflops()
     prog = sweep_program(SweepConfig(ms, TrainConfig()))
     best = max(_program_speed(prog, images, steps=100, batch=128) * members for _ in range(2))

@@ -69,11 +69,11 @@ def fit_gmm(
     """
     z = np.asarray(z, np.float64)
     n, d = z.shape
+    if n < k:
+        raise ValueError(f"a {k}-component mixture needs at least {k} points, got {n}")
     centre = z.mean(0)
     z = z - centre
     z32 = z.astype(np.float32)
-    if n < k:
-        raise ValueError(f"a {k}-component mixture needs at least {k} points, got {n}")
     rng = np.random.default_rng(seed)
     floor = reg * max(z.var(0).mean(), 1e-12) * np.eye(d)
     gmm = GaussianMixture(
