@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from jaxae import generate, hosts, plots, quality
+from jaxae import generate, hosts, likelihoods, plots, quality
 from jaxae.config import AXES, ModelConfig, SweepConfig
 from jaxae.metrics import evaluate_run, sample_quality
 from jaxae.restore import load
-from jaxae.runner import Stopwatch, fit_sweep, load_images
+from jaxae.runner import RunLog, Stopwatch, fit_sweep, load_images
+
+log = logging.getLogger("jaxae")
 
 # metrics of ``jaxae.metrics.evaluate_run`` kept in the result rows, and those averaged
 SCORES = tuple(f"{k}{d}" for d in ("", "_gmm") for k in ("confidence", "class_entropy", "frechet"))
@@ -34,9 +37,11 @@ def member_rows(sweep: SweepConfig, result: dict, evals: list[dict]) -> list[dic
         row = {"member": m.name, **m.axes(), "likelihood": m.model.likelihood}
         row.update({f"train_{k}": v[i] for k, v in result["train"].items()})
         row.update({f"test_{k}": v[i] for k, v in result["test"].items()})
-        if m.model.kind == "vae":  # the beta-free bound, comparable across betas
+        if m.model.kind == "vae" and likelihoods.bounds_log_likelihood(
+            m.model.likelihood, sweep.train.binarize
+        ):  # the beta-free bound on log p(x), comparable across betas
             row["test_neg_elbo"] = row["test_recon"] + row["test_kl"]
-        row.update({k: evals[i][k] for k in EXTRA if k in evals[i]})
+        row.update({k: evals[i][k] for k in (*EXTRA, "failed") if k in evals[i]})
         row["active_units"] = row.pop("test_active_units")
         rows.append(row)
     return rows
@@ -45,7 +50,8 @@ def member_rows(sweep: SweepConfig, result: dict, evals: list[dict]) -> list[dic
 def aggregate(rows: list[dict]) -> list[dict]:
     """Mean and standard deviation over seeds of every metric, per configuration.
 
-    A configuration is a member's values on every axis except the seed (``AXES``).
+    A configuration is a member's values on every axis except the seed (``AXES``). A
+    metric that some of its seeds lack (a failed score) is left out: the table shows ``-``.
     """
     buckets: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -54,8 +60,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for key, rs in buckets.items():
         agg = {**dict(zip(CONFIG_AXES, key, strict=True)), "likelihood": rs[0]["likelihood"]}
         agg["seeds"] = len(rs)
-        for k in rs[0]:
-            if k.startswith(("train_", "test_")) or k in AVERAGED:
+        for k in dict.fromkeys(k for r in rs for k in r):
+            if (k.startswith(("train_", "test_")) or k in AVERAGED) and all(k in r for r in rs):
                 vals = np.array([r[k] for r in rs], np.float64)
                 agg[k] = float(vals.mean())
                 agg[f"{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
@@ -72,7 +78,11 @@ def write_tables(out_dir, rows: list[dict], summary: list[dict], extra: dict) ->
         keys = dict.fromkeys(k for r in rows for k in r)  # an AE has more scores than a VAE
         w = csv.DictWriter(f, fieldnames=list(keys), restval="")
         w.writeheader()
-        w.writerows(rows)
+        for r in rows:  # a failed phase as "phase: reason" in one cell
+            failed = r.get("failed")
+            w.writerow(
+                {**r, "failed": "; ".join(f"{k}: {v}" for k, v in failed.items())} if failed else r
+            )
 
 
 COLUMNS = {  # results key -> (header, decimals)
@@ -165,7 +175,7 @@ def run_sweep(
     eval_k: int = 0,
     quality_samples: int = 0,
     classifier=None,
-    log=print,
+    log=None,
     **kwargs,
 ):
     """Train a sweep, evaluate the saved checkpoint with ``jaxae.metrics.evaluate_run``,
@@ -173,14 +183,24 @@ def run_sweep(
     (``jaxae.quality``; ``classifier``: its folder, by default beside the run, trained
     there when missing), then write results.json/csv and figures next to it.
 
-    Other keyword arguments go to ``jaxae.runner.run``.
+    What was trained is never lost to a later phase: a score or figure that fails is
+    recorded (the member's ``failed`` dict in its row, ``failures`` in results.json) with
+    one warning line, and everything else is still written.
+
+    Other keyword arguments go to ``jaxae.runner.run``. ``log``: where the progress lines
+    go (default: ``logging.getLogger("jaxae")`` and the run's train.log).
     Returns:
         (result, rows, summary): the runner's result, per-member rows, mean/std over seeds.
     """
     sw = kwargs.setdefault("stopwatch", Stopwatch())
     result, prog = fit_sweep(sweep, name, **kwargs)
     out = Path(result["checkpoint"])
+    log = log or RunLog(out / "train.log")
     with sw("final eval"):
+        log(
+            f"final evaluation of {len(sweep.members)} members"
+            + (f" (IW bound, k={eval_k})" if eval_k else "")
+        )
         run = load(out)  # MSE and active units come from the last epoch's evaluation
         evals = evaluate_run(
             run, k=eval_k, progress=kwargs.get("progress"), mse=False, active=False
@@ -189,28 +209,49 @@ def run_sweep(
         with sw("classifier"):  # trained on the first run only
             clf = quality.resolve(classifier, out.parent, sweep.train.dataset, log=log)
         with sw("sample quality"):
+            log(f"sample scores: {quality_samples} samples of each of {len(run.members)} members")
             scored = sample_quality(run, clf, n=quality_samples, progress=kwargs.get("progress"))
-        for e, s in zip(evals, scored, strict=True):
-            e.update(s)
+        for e, sc in zip(evals, scored, strict=True):
+            failed = {**e.get("failed", {}), **sc.pop("failed", {})}
+            e.update(sc)
+            if failed:
+                e["failed"] = failed
     rows = member_rows(sweep, result, evals)
     summary = aggregate(rows)
+    failures = [
+        {"member": r["member"], "phase": k, "reason": v}
+        for r in rows
+        for k, v in r.get("failed", {}).items()
+    ]
     with sw("figures"):
+        if hosts.is_primary():
+            log("figures")
         imgs = prog.last_images  # the last epoch's summary images, already on the host
         if imgs is None:  # a run that was already trained: nothing ran
             test = hosts.replicate(load_images(sweep.train.dataset, "test")[:32])
             imgs = hosts.to_host(jax.jit(prog.images)(prog.state, prog.hyper, test))
         if hosts.is_primary():  # process 0 writes for every process
-            if "latent" in figures:
-                plots.latent_curves(summary, out / "latent_sweep.png")
-            if "beta" in figures:
-                plots.rate_distortion(summary, out / "beta_sweep.png")
-                traversals(run, out / "traversals.png")
-            plots.sheet(
-                [m.name for m in sweep.members],
-                [plots.tile(s[:16]) for s in np.asarray(imgs["samples"])],
-                out / "samples.png",
-                title="decoded prior samples, one panel per member",
-            )
+            draw = {
+                "latent_sweep.png": lambda p: plots.latent_curves(summary, p),
+                "beta_sweep.png": lambda p: plots.rate_distortion(summary, p),
+                "traversals.png": lambda p: traversals(run, p),
+                "samples.png": lambda p: plots.sheet(
+                    [m.name for m in sweep.members],
+                    [plots.tile(s[:16]) for s in np.asarray(imgs["samples"])],
+                    p,
+                    title="decoded prior samples, one panel per member",
+                ),
+            }
+            wanted = ["latent_sweep.png"] if "latent" in figures else []
+            wanted += ["beta_sweep.png", "traversals.png"] if "beta" in figures else []
+            for fname in [*wanted, "samples.png"]:
+                try:
+                    draw[fname](out / fname)
+                except Exception as e:  # noqa: BLE001 - one figure, recorded
+                    reason = f"{type(e).__name__}: {e}".splitlines()[0]
+                    failures.append({"member": None, "phase": f"figure {fname}", "reason": reason})
+                    logging.getLogger("jaxae").warning(f"figure {fname} failed: {reason}")
+    result["failures"] = failures
     if not hosts.is_primary():
         return result, rows, summary
     result["timing"]["phases"] = dict(sw.seconds)
@@ -219,6 +260,7 @@ def run_sweep(
         "steps": result["steps"],
         "dataset": sweep.train.dataset,
         "dropped": result["dropped"],
+        "failures": failures,
     }
     write_tables(out, rows, summary, extra)
     log(f"wrote results.json, results.csv and figures to {out}")

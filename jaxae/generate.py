@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxae.config import SAMPLE_MODES
 from jaxae.density import GaussianMixture, fit_gmm
+from jaxae.models import latent_noise
 from jaxae.restore import Loaded
 
 
@@ -66,7 +67,7 @@ def prior(
     if density == "gmm":
         z = code_density(run, i).sample(n, seed).astype(np.float32)
     else:
-        z = temperature * jax.random.normal(jax.random.key(seed), (n, cfg.latent))
+        z = temperature * latent_noise(jax.random.key(seed), n, cfg.latent)
     return np.asarray(run.decode(i, z)), int(np.ceil(np.sqrt(n)))
 
 

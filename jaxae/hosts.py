@@ -54,6 +54,16 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def agree_max(value: int) -> int:
+    """The largest of every process's ``value`` (a collective: every process must call it
+    at the same point). A decision one process makes alone (a signal it received, a
+    refusal to start) becomes everyone's, so no process waits at a collective the others
+    never reach."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
 def put(a, sharding):
     """Place host array ``a`` (identical on every process) as a global array."""
     if jax.process_count() == 1:

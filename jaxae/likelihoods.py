@@ -85,6 +85,14 @@ LIKELIHOODS: dict[str, Likelihood] = {
 }
 
 
+def bounds_log_likelihood(name: str, binarize: bool) -> bool:
+    """Whether a model's ELBO and IW bound are bounds on log p(x) in nats: its likelihood
+    is a normalised density of the targets it was given. A Bernoulli likelihood of grey
+    pixels (``binarize=False``) is a cross-entropy, not a density of those targets."""
+    lik = get(name)
+    return lik.is_density and (binarize or not lik.binarize)
+
+
 class UnknownLikelihood(ValueError):
     """A likelihood name that is not in ``LIKELIHOODS``."""
 

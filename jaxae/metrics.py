@@ -6,6 +6,7 @@ of a group at once, vmapped; the same code serves a single model and a sweep.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import jax
@@ -20,6 +21,16 @@ from jaxae.models import Model, latent_noise
 from jaxae.restore import Loaded
 from jaxae.runner import bar_disabled
 from jaxae.step import ACTIVE_VARIANCE, test_arrays
+
+log = logging.getLogger("jaxae")
+
+
+def record_failure(row: dict, phase: str, err: Exception) -> None:
+    """Note in a member's row that one analysis phase failed, and why (one warning line):
+    the member's other results, and every other member's, stand."""
+    reason = f"{type(err).__name__}: {err}".splitlines()[0]
+    row.setdefault("failed", {})[phase] = reason
+    log.warning(f"{phase} failed for {row.get('member', '?')}: {reason}")
 
 
 def pca_mse(train_x, test_x, ks) -> dict[int, float]:
@@ -133,10 +144,14 @@ def evaluate_run(
     """Test metrics of every member: -ELBO, IW NLL (k samples), MSE, active units, PCA,
     and the sample-quality scores of ``quality_samples`` decoded samples (0: none).
 
-    VAEs whose likelihood is a density get the likelihood bounds (skipped when k == 0);
-    AEs and squared-error models, whose decoder is not a normalised density here, get
-    MSE, active units and (VAEs) sample blur only. ``mse=False`` skips the reconstruction
-    MSE and ``active=False`` the active units (a sweep has both from its last evaluation).
+    VAEs whose likelihood is a density of their targets get the likelihood bounds
+    (skipped when k == 0); AEs, squared-error models and Bernoulli models of grey pixels
+    (``--no-binarize``), whose decoder is not a normalised density of the targets, get
+    MSE, active units and (VAEs) sample blur only.
+    A phase that fails for a group or a member (the IW bound, a sample score) is
+    recorded in the row's ``failed`` dict ({phase: reason}); the rest stands.
+    ``mse=False`` skips the reconstruction MSE and ``active=False`` the active units (a
+    sweep has both from its last evaluation).
     ``classifier``: a ``jaxae.quality.TrainedClassifier`` or its folder; by default the
     one next to the run (``models/classifier-<dataset>``), trained there when missing.
     """
@@ -154,7 +169,7 @@ def evaluate_run(
     opts |= {"mse": mse, "active": active}
     rows = [None] * len(run.members)
     for g in run.groups:
-        stats = _group_stats(g.model, g.params, g.masks, test, tcfg, **opts)
+        stats, err = _group_stats(g.model, g.params, g.masks, test, tcfg, **opts)
         for j, i in enumerate(g.index):
             m = run.members[i]
             row = {
@@ -166,6 +181,8 @@ def evaluate_run(
                 "pca_mse": pca[m.model.latent],
             }
             row.update({key: v[j].item() if hasattr(v, "shape") else v for key, v in stats.items()})
+            if err is not None:
+                record_failure(row, "IW bound", err)
             rows[i] = row
     if quality_samples:
         clf = quality.resolve(classifier, Path(run.path).parent, tcfg.dataset, progress=progress)
@@ -191,17 +208,23 @@ def sample_quality(run: Loaded, clf, *, n: int = 10000, seed: int = 0, progress=
     out = []
     bar = {"disable": bar_disabled(progress), "desc": f"sample quality, {n} samples"}
     for i, m in enumerate(tqdm(run.members, **bar)):
-        row = {}
+        row = {"member": m.name}
         for density in ("normal", "gmm") if m.model.kind == "ae" else ("normal",):
-            images, _ = generate.prior(run, i, n=n, seed=seed, density=density)
-            s = quality.scores(clf, images.reshape(n, -1), ref)
-            row.update({k + ("_gmm" if density == "gmm" else ""): v for k, v in s.items()})
+            suffix = "_gmm" if density == "gmm" else ""
+            try:
+                images, _ = generate.prior(run, i, n=n, seed=seed, density=density)
+                s = quality.scores(clf, images.reshape(n, -1), ref)
+            except Exception as e:  # noqa: BLE001 - one member's score, recorded for it
+                record_failure(row, f"sample quality{' (mixture)' if suffix else ''}", e)
+                continue
+            row.update({k + suffix: v for k, v in s.items()})
+        del row["member"]
         out.append(row)
     return out
 
 
 def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, progress, mse, active):
-    """Metrics (G,) of the G stacked members of one group."""
+    """(metrics (G,) of the G stacked members of one group, the IW bound's error or None)."""
     cfg = model.cfg
     x, xt, w, n = test_arrays(jnp.asarray(test), tcfg, cfg.likelihood, batch)
     stats = {}
@@ -214,8 +237,24 @@ def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, pro
         stats["mse"] = _mse(model, params, masks, x, xt, w, n)
     if cfg.kind == "vae":
         stats["sample_entropy"] = _sample_entropy(model, params, masks, seed)
-    if k == 0 or cfg.kind != "vae" or not likelihoods.get(cfg.likelihood).is_density:
-        return stats
+    if k == 0 or cfg.kind != "vae":
+        return stats, None
+    if not likelihoods.bounds_log_likelihood(cfg.likelihood, tcfg.binarize):
+        log.info(
+            f"no likelihood bounds for {cfg.likelihood} on "
+            f"{'grey' if likelihoods.get(cfg.likelihood).binarize else 'its'} targets: "
+            "not a normalised density of them"
+        )
+        return stats, None
+    try:
+        stats.update(_iw_stats(model, params, masks, x, xt, w, n, k, chunk, seed, progress))
+    except Exception as e:  # noqa: BLE001 - recorded per member by the caller
+        return stats, e
+    return stats, None
+
+
+def _iw_stats(model, params, masks, x, xt, w, n, k, chunk, seed, progress):
+    """IW NLL and k-sample -ELBO (G,) of the G stacked members, summed over test batches."""
 
     def iw(p, m, xb, key):
         return model_iw_terms(p, xb, m, key=key, k=k, chunk=chunk, model=model)
@@ -227,15 +266,12 @@ def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, pro
         out = terms(params, masks, xt[i], jax.random.fold_in(jax.random.key(seed), i))
         for name in sums:
             sums[name] = sums[name] + np.asarray((out[name] * w[i]).sum(-1))
-    stats.update(
-        {
-            "nll_iw": -sums["iw"] / n,
-            "k": k,
-            "neg_elbo_k": -sums["elbo"] / n,
-            "neg_elbo_1": -sums["elbo1"] / n,
-        }
-    )
-    return stats
+    return {
+        "nll_iw": -sums["iw"] / n,
+        "k": k,
+        "neg_elbo_k": -sums["elbo"] / n,
+        "neg_elbo_1": -sums["elbo1"] / n,
+    }
 
 
 def _sample_entropy(model, params, masks, seed: int, n: int = 1000):
@@ -244,7 +280,7 @@ def _sample_entropy(model, params, masks, seed: int, n: int = 1000):
     A sharp sample has pixels near 0 or 1 (entropy near 0); a blurry one has grey pixels
     (at most log 2 = 0.693). Same z for every member of the group.
     """
-    z = jax.random.normal(jax.random.key(seed), (n, masks.shape[-1]))
+    z = latent_noise(jax.random.key(seed), n, masks.shape[-1])  # column j from (key, j)
 
     def one(p, m):
         logits = model.apply(p, z, mask=m, method=Model.decode)

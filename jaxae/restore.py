@@ -145,7 +145,10 @@ class Loaded:
             prog = sweep_program(sweep_from_dict(self.config["sweep"]))
         x, _ = load_data(self.train.dataset, "test")
         test = jnp.asarray(x.reshape(x.shape[0], -1))
-        out = jax.jit(prog.evaluate)(self.state, prog.hyper, test)
+        # the program's rows: a sweep pads each group to a multiple of the device count
+        # (the checkpoint holds the real members only)
+        state = prog.from_saved(self.state)
+        out = jax.jit(prog.evaluate)(state, prog.hyper, hosts.replicate(test))
         return {k: np.atleast_1d(np.asarray(v, np.float64)).tolist() for k, v in out.items()}
 
 

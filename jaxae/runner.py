@@ -8,8 +8,9 @@ resume, signals and the non-finite guard. ``fit`` and ``fit_sweep`` build the Pr
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from jaxae import data as jdata
 from jaxae import hosts
@@ -30,6 +32,7 @@ from jaxae.checkpoint import Checkpointer
 from jaxae.config import ModelConfig, SweepConfig, TrainConfig
 from jaxae.step import (
     Program,
+    all_finite_members,
     check_finite,
     chunk_size,
     data_keys,
@@ -39,6 +42,8 @@ from jaxae.step import (
 )
 from jaxae.summary import Summaries
 from jaxae.sweep import replicated, sweep_program
+
+log = logging.getLogger("jaxae")
 
 
 class RunError(RuntimeError):
@@ -64,14 +69,34 @@ def load_images(dataset: str, split: str) -> np.ndarray:
 RESUMABLE = {"epochs", "chunk", "eval_batch", "eval_examples", "max_to_keep"}
 
 
+def _field_defaults() -> dict:
+    """Default value of every config field by name, as ``to_dict`` writes it (JSON)."""
+    import dataclasses
+
+    out = {}
+    for cls in (ModelConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            v = getattr(cls(), f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def config_changes(saved, new, path: str = "") -> list[tuple[str, object, object]]:
     """(field path, new value, saved value) for every field that differs, except
-    ``RESUMABLE`` ones; ``new`` is a Program's config (type, model/sweep, train)."""
+    ``RESUMABLE`` ones; ``new`` is a Program's config (type, model/sweep, train).
+
+    A field missing from the saved config (a run written before the field existed) had
+    the field's default: a new value other than the default is a change.
+    """
     if isinstance(new, dict) and isinstance(saved, dict):
         out = []
+        defaults = _field_defaults()
         for k, v in new.items():
-            # a field newer than the saved run (e.g. ``arch``): the run had its default
-            if k in RESUMABLE or k not in saved:
+            if k in RESUMABLE:
+                continue
+            if k not in saved:
+                if k in defaults and v != defaults[k]:
+                    out.append((f"{path}.{k}" if path else k, v, defaults[k]))
                 continue
             out += config_changes(saved.get(k), v, f"{path}.{k}" if path else k)
         return out
@@ -93,6 +118,23 @@ def refuse_changes(saved: dict, new: dict) -> None:
             f"{field} {here} differs from the run's {there}; start a new run or resume "
             "with the run's own settings"
         )
+    # a decaying schedule spans the run's steps: more epochs would change the rates of
+    # the steps already taken, so the resumed run could not match any uninterrupted one
+    train_new, train_saved = _train_dict(new), _train_dict(saved)
+    schedule = train_saved.get("schedule", "constant")
+    if schedule != "constant" and train_new.get("epochs") != train_saved.get("epochs"):
+        raise RunError(
+            f"epochs {train_new.get('epochs')} differs from the run's {train_saved.get('epochs')}: "
+            f"the {schedule} learning-rate schedule spans the run's length, so it cannot "
+            "be extended; start a new run"
+        )
+
+
+def _train_dict(config: dict) -> dict:
+    """The TrainConfig dict of a Program's or a saved run's config."""
+    if "train" in config:
+        return config["train"]
+    return config.get("sweep", {}).get("train", {})
 
 
 def check_run_name(run: str) -> None:
@@ -157,9 +199,7 @@ def prepare_run_dir(models_dir: Path, runs_dir: Path, run: str, *, resume: bool,
         return ckpt, logs, open(os.devnull, "w")  # noqa: SIM115
     ckpt.mkdir(parents=True, exist_ok=True)
     lock = open(ckpt / ".lock", "w")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not lock_file(lock):
         lock.close()
         raise RunError(
             f"run {run!r} is being trained by another process ({ckpt} is locked)"
@@ -177,6 +217,50 @@ def prepare_run_dir(models_dir: Path, runs_dir: Path, run: str, *, resume: bool,
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         shutil.rmtree(logs, ignore_errors=True)
     return ckpt, logs, lock
+
+
+def lock_file(f) -> bool:
+    """Take an exclusive lock on open file f without waiting; False if another process
+    holds it. The operating system drops the lock when the file is closed or the process
+    dies (``flock`` on POSIX, ``msvcrt.locking`` on Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+class RunLog:
+    """A run's progress lines: to ``logging.getLogger("jaxae")`` and, on process 0,
+    appended with a time stamp to ``<run folder>/train.log`` (readable after the fact,
+    whatever the console showed)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path if hosts.is_primary() else None
+
+    def __call__(self, msg: str, level: int = logging.INFO) -> None:
+        log.log(level, msg)
+        if self.path is not None and self.path.parent.is_dir():
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            with open(self.path, "a") as f:
+                f.write(f"{stamp} {msg}\n")
+
+
+def format_seconds(s: float) -> str:
+    """h:mm:ss or m:ss."""
+    s = int(round(s))
+    h, m = divmod(s, 3600)
+    return f"{h}:{m // 60:02d}:{m % 60:02d}" if h else f"{m // 60}:{m % 60:02d}"
 
 
 class _Signals:
@@ -273,9 +357,15 @@ def run(
     with sw("data"):
         train_x, test_x = _data(tcfg, data)
     models_dir, runs_dir = Path(models_dir).resolve(), Path(runs_dir).resolve()
-    ckpt_dir, log_dir, lock = prepare_run_dir(
-        models_dir, runs_dir, run, resume=resume, overwrite=overwrite
-    )
+    refused = None
+    try:  # only process 0 checks the folder; every process learns its answer
+        ckpt_dir, log_dir, lock = prepare_run_dir(
+            models_dir, runs_dir, run, resume=resume, overwrite=overwrite
+        )
+    except RunError as e:
+        refused = e
+    if hosts.agree_max(refused is not None):
+        raise refused or RunError(f"process 0 refused to start run {run!r} (its output says why)")
     hosts.barrier("jaxae-run-dir")
     try:
         with sw("init"):
@@ -287,15 +377,27 @@ def run(
                 record = {**prog.config, "run": run, "members": prog.names}
                 write_json(ckpt_dir / "config.json", {**record, "argv": sys.argv, "env": env})
             # the caller's state stays valid whatever happens: the loop donates a copy
-            state, last_epoch = _start(prog, mgr, resume)
+            state, saved = _start(prog, mgr, resume)
+            last_epoch = saved.get("last_epoch", {})
             config = {**prog.config, "run": run, "members": prog.names}
             summaries = Summaries(log_dir, prog.names, prog.hparams, enabled=hosts.is_primary())
             s = global_step(state)
             spe = train_x.shape[0] // tcfg.batch_size
             if resume and not last_epoch and s:  # checkpoints of older runs: read the logs
                 last_epoch = summaries.epoch_means(s - min(spe, s), s)
-        loop = _Loop(prog, tcfg, train_x, test_x, mgr, summaries, config, sw)
-        loop.last_epoch, loop.dropped = last_epoch, ({} if drop_nonfinite else None)
+        runlog = RunLog(ckpt_dir / "train.log")
+        loop = _Loop(prog, tcfg, train_x, test_x, mgr, summaries, config, sw, runlog)
+        loop.last_epoch = last_epoch
+        loop.dropped = dict(saved.get("dropped", {})) if drop_nonfinite else None
+        if saved.get("dropped") and not drop_nonfinite:
+            raise RunError(
+                f"run {run!r} dropped diverged members ({', '.join(saved['dropped'])}); "
+                "resume it with --drop-nonfinite"
+            )
+        partial = saved.get("epoch_partial", {})
+        if partial.get("steps"):  # stopped in the middle of an epoch: its sums so far
+            loop.n = int(partial["steps"])
+            loop.sums = {k: np.asarray(v, np.float64) for k, v in partial["sums"].items()}
         with sw("compile"):
             compile_s = loop.compile(state)
         state = loop.train(state, progress)
@@ -323,22 +425,27 @@ def _data(tcfg: TrainConfig, data) -> tuple:
 
 
 def _start(prog: Program, mgr: Checkpointer, resume: bool) -> tuple:
-    """(state, last epoch's train means): a copy of the fresh state (the loop donates its
-    buffers), or the state restored from the latest checkpoint."""
+    """(state, bookkeeping): a copy of the fresh state (the loop donates its buffers), or
+    the state restored from the latest checkpoint with the bookkeeping its config holds:
+    ``last_epoch`` (the last finished epoch's train means), ``dropped`` members and
+    ``epoch_partial`` (the unfinished epoch's sums so far)."""
     if not (resume and mgr.latest_step() is not None):
         return jax.tree.map(lambda a: a.copy(), prog.state), {}
     state = prog.from_saved(mgr.restore(replicated(jax.eval_shape(prog.to_saved, prog.state))))
-    # the last finished epoch's train means travel in the checkpoint's config
-    saved_means = mgr.read_config().get("last_epoch", {})
-    return state, {k: np.asarray(v) for k, v in saved_means.items()}
+    saved = mgr.read_config()
+    out = {k: saved[k] for k in ("dropped", "epoch_partial") if k in saved}
+    out["last_epoch"] = {k: np.asarray(v) for k, v in saved.get("last_epoch", {}).items()}
+    return state, out
 
 
 class _Loop:
     """One run's epoch loop: compiled functions, running means and the save policy."""
 
-    def __init__(self, prog, tcfg, train_x, test_x, mgr, summaries, config, sw):
+    def __init__(self, prog, tcfg, train_x, test_x, mgr, summaries, config, sw, runlog):
         self.prog, self.tcfg, self.mgr, self.summaries = prog, tcfg, mgr, summaries
-        self.sw = sw
+        self.sw, self.runlog = sw, runlog
+        self.kinds = [h.get("kind", "") for h in prog.hparams] or [""] * len(prog.names)
+        self.started, self.first_step = time.perf_counter(), 0  # set when training starts
         self.train_x, self.test_x, self.config = train_x, test_x, config
         self.spe = train_x.shape[0] // tcfg.batch_size
         self.total = self.spe * tcfg.epochs
@@ -351,15 +458,21 @@ class _Loop:
     def compile(self, state) -> float:
         """Compile the chunk, evaluation and image functions once; returns seconds."""
         t0 = time.perf_counter()
-        self.chunk = jax.jit(
-            make_chunk(
-                self.prog.step,
-                binarize_key=self.dk["binarize"],
-                schedule=self.tcfg.schedule,
-                total=self.total,
-            ),
-            donate_argnums=0,
+        steps = make_chunk(
+            self.prog.step,
+            binarize_key=self.dk["binarize"],
+            schedule=self.tcfg.schedule,
+            total=self.total,
         )
+        finite = all_finite_members(self.prog)
+
+        def chunk(state, h, images, idx, s0):
+            # the parameters after the chunk's last update are checked too: a loss is
+            # computed before its update, so a finite last loss can hide NaN parameters
+            state, m = steps(state, h, images, idx, s0)
+            return state, m, finite(state)
+
+        self.chunk = jax.jit(chunk, donate_argnums=0)
         self.compiled = {}
         self.chunk_fn(self.c, state)
         h, n = self.prog.hyper, self.tcfg.eval_examples
@@ -382,23 +495,32 @@ class _Loop:
 
     def train(self, state, progress: bool | None):
         """Run chunks until the last step; save each epoch and on a signal."""
-        s = saved = global_step(state)
+        s = saved = self.first_step = global_step(state)
+        self.started = time.perf_counter()
         bar = tqdm(total=self.total, initial=s, disable=bar_disabled(progress), unit="step")
-        kinds = [h.get("kind", "") for h in self.prog.hparams] or [""] * len(self.prog.names)
+        if s < self.total:
+            self.runlog(
+                f"training {len(self.prog.names)} member(s): step {s}/{self.total}, "
+                f"{self.spe} steps per epoch"
+            )
         # Pending saves always finish: a crash or a signal keeps the last good checkpoint.
-        with self.mgr, self.summaries, bar, _Signals() as sig:
+        with self.mgr, self.summaries, bar, _above(bar), _Signals() as sig:
             while s < self.total:
                 state, m, n = self.run_chunk(state, s)
                 s += n
                 bar.update(n)
-                bar.set_postfix(epoch=-(-s // self.spe), **kind_means(m["loss"], kinds))
+                bar.set_postfix(epoch=-(-s // self.spe), **kind_means(m["loss"], self.kinds))
                 if s % self.spe == 0 or s == self.total:
                     self.end_epoch(state, s, last=s == self.total)
                     saved = s
-                if sig.signum is not None:
+                # a signal that reached one process stops them all at the same step (the
+                # save is collective: one process saving alone would wait forever)
+                signum = hosts.agree_max(sig.signum or 0)
+                if signum:
                     if saved != s:
                         self.save(state, s)
-                    raise Interrupted(sig.signum, s)
+                    self.runlog(f"stopped by signal {signum} at step {s}; checkpoint saved")
+                    raise Interrupted(signum, s)
             if saved != s:
                 self.save(state, s)
             with self.sw("checkpoints"):  # the last save's writes finish here
@@ -419,12 +541,16 @@ class _Loop:
         chunk = self.chunk_fn(n, state)
         t = time.perf_counter()
         idx = hosts.replicate(np.asarray(self.epoch_idx[j : j + n]))
-        state, m = chunk(state, self.prog.hyper, self.train_x, idx, hosts.replicate(np.int32(s)))
-        m = {k: v.reshape(n, -1) for k, v in hosts.to_host(m).items()}
+        state, m, finite = chunk(
+            state, self.prog.hyper, self.train_x, idx, hosts.replicate(np.int32(s))
+        )
+        m, finite = hosts.to_host((m, finite))
+        m = {k: v.reshape(n, -1) for k, v in m.items()}
         dt = time.perf_counter() - t
         self.train_s += dt
         self.sw.seconds["train"] = self.sw.seconds.get("train", 0.0) + dt
-        check_finite(m, s, self.prog.names, self.dropped)
+        for msg in check_finite(m, s, self.prog.names, self.dropped, params_finite=finite):
+            self.runlog(msg, logging.WARNING)
         self.steps_run += n
         for k, v in m.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.sum(0)
@@ -453,9 +579,33 @@ class _Loop:
             self.prog.last_images = hosts.to_host(self.images(state, self.prog.hyper, x))
             self.summaries.images(s, self.prog.last_images)
         self.config["last_epoch"] = {k: v.tolist() for k, v in self.last_epoch.items()}
+        self.runlog(self.epoch_line(s, evals, n))
         self.save(state, s)
 
+    def epoch_line(self, s: int, evals: dict, n: int | None) -> str:
+        """One progress line: epoch, step, train and test loss per model kind, speed,
+        elapsed time and the estimated time to the end of training."""
+        train = kind_means(self.last_epoch["loss"], self.kinds, "train")
+        test = kind_means(evals["loss"], self.kinds, "test")
+        losses = "  ".join(f"{k} {v}" for k, v in {**train, **test}.items())
+        done = s - self.first_step
+        elapsed = time.perf_counter() - self.started
+        speed = self.steps_run * self.tcfg.batch_size * len(self.prog.names) / self.train_s
+        eta = elapsed / max(done, 1) * (self.total - s)
+        subset = "" if n is None else f" (test: first {n} examples)"
+        return (
+            f"epoch {-(-s // self.spe)}/{self.tcfg.epochs}  step {s}/{self.total}  {losses}"
+            f"{subset}  {speed:,.0f} member-examples/s  elapsed {format_seconds(elapsed)}"
+            f"  ETA {format_seconds(eta)}"
+        )
+
     def save(self, state, s: int) -> None:
+        # the bookkeeping a resumed run needs travels in the checkpoint's config
+        self.config["dropped"] = dict(self.dropped or {})
+        self.config["epoch_partial"] = {
+            "steps": self.n,
+            "sums": {k: np.asarray(v).tolist() for k, v in self.sums.items()},
+        }
         with self.sw("checkpoints"):
             self.mgr.save(s, self.prog.to_saved(state), self.config)
 
@@ -486,19 +636,29 @@ class _Loop:
         }
 
 
+def _above(bar):
+    """While the bar shows, log lines to the console handlers of the "jaxae" logger (the
+    command line's) print above it instead of breaking it."""
+    if bar.disable or not log.handlers:
+        return contextlib.nullcontext()
+    return logging_redirect_tqdm([log])
+
+
 def bar_disabled(progress: bool | None) -> bool | None:
     """tqdm's ``disable``: ``None`` hides the bar when stderr is not a terminal."""
     return None if progress is None else not progress
 
 
-def kind_means(loss, kinds: list[str]) -> dict:
-    """The progress bar's losses: one mean per model kind (a VAE's -ELBO in nats and an
-    AE's squared error are different quantities; their average means nothing)."""
-    loss = np.asarray(loss).reshape(-1, len(kinds))[-1]
+def kind_means(loss, kinds: list[str], label: str = "loss") -> dict:
+    """Losses per model kind, for the progress bar and log: one mean each (a VAE's -ELBO
+    in nats and an AE's squared error are different quantities; their average means
+    nothing). ``loss``: (..., M); the last row is used. Diverged members are left out."""
+    loss = np.asarray(loss, np.float64).reshape(-1, len(kinds))[-1]
     out = {}
     for k in dict.fromkeys(kinds):
-        sel = [i for i, kk in enumerate(kinds) if kk == k]
-        out[f"{k} loss".strip()] = f"{float(np.nanmean(loss[sel])):.4g}"
+        sel = loss[[i for i, kk in enumerate(kinds) if kk == k]]
+        sel = sel[np.isfinite(sel)]
+        out[f"{k} {label}".strip()] = f"{float(sel.mean()):.4g}" if sel.size else "nan"
     return out
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 from collections.abc import Callable
 
 import jax
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxae import likelihoods
+from jaxae import hosts, likelihoods
 from jaxae.config import HYPER, Member, ModelConfig, TrainConfig, hparams, to_dict
 from jaxae.losses import elbo_loss
 from jaxae.models import Model, init_params, latent_mask, latent_noise
@@ -275,22 +274,50 @@ def make_evaluate(model: Model):
     return evaluate
 
 
-def check_finite(metrics: dict, s0: int, names: list[str], dropped: dict | None = None):
-    """Raise NonFiniteError naming the first step and member whose loss is not finite.
+def check_finite(
+    metrics: dict, s0: int, names: list[str], dropped: dict | None = None, params_finite=None
+) -> list[str]:
+    """Raise NonFiniteError naming the first step and member whose loss is not finite, or
+    whose parameters are not after the chunk's last update.
 
-    With ``dropped`` (a dict), a newly diverged member is recorded there instead
-    ({name: step}) and training goes on for the others; members are independent under
-    vmap, so a dropped member's NaNs never reach the rest.
+    Args:
+        metrics: per-step metrics (steps, M) of a chunk that started at global step s0.
+        dropped: None (any divergence stops training), or a dict where a newly diverged
+            member is recorded ({name: step}) while training goes on for the others;
+            members are independent under vmap, so a dropped member's NaNs never reach
+            the rest.
+        params_finite: (M,) bools: each member's parameters after the chunk, all finite.
+    Returns:
+        one message per newly dropped member.
     """
     loss = np.asarray(metrics["loss"])
-    for i, m in np.argwhere(~np.isfinite(loss)):
+    events = [
+        (int(s0 + i + 1), m, f"non-finite loss {loss[i, m]}")
+        for i, m in np.argwhere(~np.isfinite(loss))
+    ]
+    if params_finite is not None:
+        bad = np.flatnonzero(~np.asarray(params_finite, bool))
+        events += [(int(s0 + loss.shape[0]), m, "non-finite parameters") for m in bad]
+    out = []
+    for step, m, what in events:
         if dropped is not None and names[m] in dropped:
             continue
-        msg = f"non-finite loss {loss[i, m]} at step {s0 + i + 1} in member {names[m]}"
+        msg = f"{what} at step {step} in member {names[m]}"
         if dropped is None or len(dropped) + 1 == len(names):
             raise NonFiniteError(msg + "; the last good checkpoint is kept")
-        dropped[names[m]] = int(s0 + i + 1)
-        warnings.warn(f"{msg}; member dropped, the others go on", RuntimeWarning, stacklevel=2)
+        dropped[names[m]] = step
+        out.append(f"{msg}; member dropped, the others go on")
+    return out
+
+
+def all_finite(tree):
+    """True when every element of every leaf of ``tree`` is finite (one bool)."""
+    return jnp.stack([jnp.isfinite(a).all() for a in jax.tree.leaves(tree)]).all()
+
+
+def all_finite_members(prog) -> Callable:
+    """``finite(state) -> (M,)`` bools: each member's parameters are all finite."""
+    return prog.finite or (lambda state: all_finite(state["params"])[None])
 
 
 @functools.cache
@@ -320,6 +347,8 @@ class Program:
     from_saved: Callable = lambda state: state
     # the images of the last end-of-epoch summary, on the host (set by the runner)
     last_images: dict | None = None
+    # finite(state) -> (M,) bools, every parameter of each member finite (None: one model)
+    finite: Callable | None = None
 
 
 # --- one model as a runner Program ----------------------------------------------------
@@ -337,7 +366,8 @@ def model_images(model: Model, n: int = 64):
         rec = mean_image(model.apply(params, xf, mask=h["mask"], method=Model.reconstruct))
         side = jnp.stack([xf, rec], 1).reshape(shape)  # digit, reconstruction, ...
         # An AE has no prior; decoding N(0, I) anyway shows why it is not generative.
-        z = jax.random.normal(h["sample_key"], (n, h["mask"].shape[0]))
+        # Column j depends on (key, j) only: a member's grid is the same in any sweep.
+        z = latent_noise(h["sample_key"], n, h["mask"].shape[0])
         logits = model.apply(params, z, mask=h["mask"], method=Model.decode)
         return {"recon": side, "samples": mean_image(logits).reshape(shape)}
 
@@ -373,7 +403,9 @@ def single_program(cfg: ModelConfig, tcfg: TrainConfig):
     model, tx = Model(cfg), make_optimizer(tcfg)
     with jax.default_device(host_device()):
         state = init_state(cfg, tx, model_keys(tcfg.seed)["init"])
-    state = jax.device_put(state, jax.local_devices()[0])
+    # replicated on every device of every process (one device in a single process): the
+    # step's data are global arrays when several processes train
+    state = jax.tree.map(hosts.replicate, state)
     evaluate_one, images_one = make_evaluate(model), model_images(model)
 
     def evaluate(state, h, test):
@@ -387,7 +419,7 @@ def single_program(cfg: ModelConfig, tcfg: TrainConfig):
     return Program(
         names=[Member(cfg, tcfg.seed).name],
         state=state,
-        hyper=model_hyper(cfg, tcfg.seed, tcfg=tcfg),
+        hyper=jax.tree.map(hosts.replicate, model_hyper(cfg, tcfg.seed, tcfg=tcfg)),
         step=model_step(model, tx, binarize=tcfg.binarize),
         evaluate=evaluate,
         images=images,

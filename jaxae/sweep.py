@@ -30,6 +30,7 @@ from jaxae.config import (
 from jaxae.models import Model, init_params
 from jaxae.step import (
     Program,
+    all_finite,
     host_device,
     init_state,
     make_evaluate,
@@ -219,6 +220,10 @@ def sweep_program(sweep: SweepConfig):
     def images(state, h, x):
         return cat([f(st["params"], hh, x) for f, st, hh in zip(imgs, state, h, strict=True)])
 
+    def finite(state):
+        each = [jax.vmap(all_finite)(st["params"]) for st in state]
+        return jnp.concatenate(each)[order]
+
     def to_saved(state):
         return tuple(
             st if len(g.index) == n else jax.tree.map(lambda a, m=len(g.index): a[:m], st)  # noqa: B008
@@ -239,6 +244,7 @@ def sweep_program(sweep: SweepConfig):
         hparams=[hparams(m, tcfg) for m in members],
         to_saved=to_saved,
         from_saved=from_saved,
+        finite=finite,
     )
 
 

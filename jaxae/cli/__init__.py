@@ -10,6 +10,7 @@ the library inside each command's ``main``.
 from __future__ import annotations
 
 import argparse
+import logging
 import pathlib
 import sys
 import time
@@ -324,8 +325,26 @@ def fail(msg: str, code: int = 1) -> int:
     return code
 
 
+# exit code of a command whose training and checkpoint are complete but one analysis
+# phase (a score, a bound, a figure) failed for some member: see the warnings and the
+# ``failures`` of results.json / the ``failed`` of eval.json
+ANALYSIS_FAILED = 3
+
+
+def console_log() -> None:
+    """The library's progress and warning lines (``logging.getLogger("jaxae")``) on stderr."""
+    log = logging.getLogger("jaxae")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def guarded(main) -> int:
     """Run ``main()``; known user-facing errors become one line on stderr and an exit code."""
+    console_log()
     try:
         return main()
     except config.ConfigError as e:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 from jaxae.cli import (
+    ANALYSIS_FAILED,
     Parser,
     add_progress_flag,
     add_quality_flags,
@@ -62,15 +64,18 @@ def format_rows(rows: list[dict]) -> str:
         def f(key, r=r):
             return f"{r[key]:9.2f}" if key in r else f"{'-':>9}"
 
+        def g(key, width, p, r=r):
+            return f"{r[key]:{width}.{p}f}" if key in r else "-".rjust(width)
+
         lines.append(
             f"{r['member']:34} {f('neg_elbo_1')} {f('neg_elbo_k')} {f('nll_iw')} "
-            f"{r.get('k', '-'):>6} {r['mse']:8.4f} {r['pca_mse']:8.4f} "
+            f"{r.get('k', '-'):>6} {g('mse', 8, 4)} {r['pca_mse']:8.4f} "
             f"{r['active_units']:6d}"
         )
         if scored:
-            gmm = f"{r['frechet_gmm']:7.2f}" if "frechet_gmm" in r else f"{'-':>7}"
             lines[-1] += (
-                f" {r['confidence']:6.3f} {r['class_entropy']:6.3f} {r['frechet']:7.2f} {gmm}"
+                f" {g('confidence', 6, 3)} {g('class_entropy', 6, 3)} {g('frechet', 7, 2)}"
+                f" {g('frechet_gmm', 7, 2)}"
             )
     return "\n".join(lines)
 
@@ -99,6 +104,10 @@ def main(argv=None) -> int:
         out.write_text(json.dumps({"step": run.step, "seconds": secs, "members": rows}, indent=1))
         print(format_rows(rows))
         print(f"evaluated in {secs:.1f} s; wrote {out}")
+        failed = sum(len(r.get("failed", {})) for r in rows)
+        if failed:
+            print(f"{failed} analysis phase(s) failed (see 'failed' in {out})", file=sys.stderr)
+            return ANALYSIS_FAILED
         return 0
 
     return guarded(run_main)

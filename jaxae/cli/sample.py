@@ -68,8 +68,9 @@ def _main(args) -> int:
         suffix = f"-{args.member}" if args.member is not None else ""
         out = Path(run.path) / f"{args.mode}{suffix.replace(',', '_')}.png"
     if args.mode == "scatter":
-        points, labels, (xl, yl) = zip(*panels, strict=True)
-        plots.scatter(names, points, labels[0], out, xlabel=xl[0], ylabel=yl[0])
+        points = [p for p, _, _ in panels]
+        _, labels, (xlabel, ylabel) = panels[0]
+        plots.scatter(names, points, labels, out, xlabel=xlabel, ylabel=ylabel)
     elif len(panels) == 1:
         plots.save_png(out, panels[0])
     else:

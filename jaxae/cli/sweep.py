@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from jaxae import config
 from jaxae.cli import (
+    ANALYSIS_FAILED,
     STARTED,
     Parser,
     add_quality_flags,
@@ -125,6 +127,13 @@ def sweep_main(parser, default_name: str, figures, argv=None, columns=None) -> i
         print(format_result(result))
         print(format_summary(summary, columns or LATENT_COLUMNS))
         print(format_phases(sw.seconds, wall=time.perf_counter() - STARTED))
+        if result.get("failures"):
+            print(
+                f"{len(result['failures'])} analysis phase(s) failed (listed above and in "
+                f"results.json); training, checkpoint and the other results are complete",
+                file=sys.stderr,
+            )
+            return ANALYSIS_FAILED
         return 0
 
     return guarded(main)
