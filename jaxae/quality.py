@@ -17,6 +17,7 @@ trained by the project (``python -m jaxae.classifier``; checkpoint under
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -207,7 +208,7 @@ def fit_classifier(
     *,
     epochs: int = 8,
     retrain: bool = False,
-    log=print,
+    log=None,
     progress: bool | None = None,
     train_size: int | None = None,
 ) -> TrainedClassifier:
@@ -220,6 +221,7 @@ def fit_classifier(
         if clf.dataset != dataset:
             raise CheckpointError(f"{path} is a classifier of {clf.dataset}, not of {dataset}")
         return clf
+    log = log or logging.getLogger("jaxae").info
     log(f"training the {dataset} classifier ({epochs} epochs) into {path}")
     start = time.perf_counter()
     train, test = load_data(dataset, "train"), load_data(dataset, "test")

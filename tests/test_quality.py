@@ -100,7 +100,30 @@ def test_scores_of_real_and_fake_digits(clf):
     ones = quality.scores(clf, x[load("mnist", "test")[1] == 1], ref)
     assert other["frechet"] < 0.05 * noise["frechet"]  # fresh real digits score near 0
     assert ones["class_entropy"] < 0.2 and ones["frechet"] > 10 * other["frechet"]
-    assert 0.1 <= other["confidence"] <= 1.0
+    # confidence: the mean largest softmax probability of the classifier's logits, here
+    # recomputed in float64 numpy; blank images (no digit) get a far lower one
+    logits, _ = clf.apply(train[:10000].reshape(10000, -1) / 255.0)
+    assert other["confidence"] == pytest.approx(_softmax(logits).max(1).mean(), rel=1e-5)
+    blank = quality.scores(clf, np.zeros((500, 784)), ref)
+    assert blank["confidence"] < 0.3 < other["confidence"] - 0.3  # measured: 0.11 and 0.83
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True), dtype=np.float64)
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_confidence_of_a_classifier_with_known_logits(clf):
+    # every weight zero and the output bias log p: every image's logits are log p, so its
+    # probabilities are p and the confidence is max p, whatever the images
+    p = np.array([0.05, 0.1, 0.6, 0.05, 0.04, 0.04, 0.03, 0.03, 0.03, 0.03])
+    params = jax.tree.map(jnp.zeros_like, clf.params)
+    params["params"]["Dense_3"]["bias"] = jnp.log(jnp.asarray(p, jnp.float32))
+    known = quality.TrainedClassifier(params, "mnist", 0.0, "")
+    x = np.random.default_rng(1).random((300, 784), dtype=np.float32)
+    s = quality.scores(known, x, (np.zeros(128), np.zeros((128, 128))))
+    assert s["confidence"] == pytest.approx(0.6, rel=1e-6)
+    assert s["class_entropy"] == 0.0 and s["frechet"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_classifier_command_trains_once_and_prints_its_accuracy(tmp_path):
@@ -108,7 +131,8 @@ def test_classifier_command_trains_once_and_prints_its_accuracy(tmp_path):
     args += ("--train-size", "640", "--no-progress")
     first, second = run_cli(*args), run_cli(*args)
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:]
-    assert "training the mnist classifier" in first.stdout
-    assert "training the" not in second.stdout  # found, not trained again
+    # progress lines go to stderr (the "jaxae" logger), results to stdout
+    assert "training the mnist classifier" in first.stderr
+    assert "training the" not in second.stderr  # found, not trained again
     acc = [ln for ln in first.stdout.splitlines() if "test accuracy" in ln][-1]
     assert acc in second.stdout and "Fréchet distance" in second.stdout
