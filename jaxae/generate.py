@@ -93,8 +93,12 @@ def interpolate(run: Loaded, i: int, *, n: int, seed: int, steps: int = 10, **_)
 
 def manifold(run: Loaded, i: int, *, n: int, **_):
     """Decodings over a grid of the prior's quantiles (2-D latent) or of the two leading
-    principal directions of the test latent means (larger latents)."""
+    principal directions of the test latent means (larger latents); a 1-D latent's are
+    n decodings along its quantiles, row by row."""
     _needs_prior(run, i, "manifold")
+    if run.members[i].model.latent == 1:  # a line: n decodings over the prior's quantiles
+        z = np.asarray(jax.scipy.special.ndtri(jnp.linspace(0.05, 0.95, n)))[:, None]
+        return np.asarray(run.decode(i, z)), int(np.ceil(np.sqrt(n)))
     side = max(2, int(np.sqrt(n)))
     q = np.asarray(jax.scipy.special.ndtri(jnp.linspace(0.05, 0.95, side)))
     g1, g2 = np.meshgrid(q, q[::-1])
@@ -117,10 +121,15 @@ def _pca2(z):
 
 
 def scatter_points(run: Loaded, i: int, *, count: int = 5000):
-    """Test latent means (count, 2) and their labels: the latents themselves in 2-D, else a
-    PCA projection; returns (points, labels, axis names)."""
+    """Test latent means (count, 2) and their labels: the latents themselves in 2-D, a
+    PCA projection of larger ones, and a 1-D latent against its digit's label (jittered
+    so that the points of one label spread into a band); returns (points, labels, axis
+    names)."""
     _, xt, labels = run.test_set(i)
     mu = np.asarray(run.encode(i, xt[:count]))
+    if run.members[i].model.latent == 1:
+        jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(mu))
+        return np.stack([mu[:, 0], labels[:count] + jitter], 1), labels[:count], ("z1", "label")
     if run.members[i].model.latent == 2:
         return mu, labels[:count], ("z1", "z2")
     vecs, _ = _pca2(mu)
