@@ -229,7 +229,7 @@ def run_sweep(
         imgs = prog.last_images  # the last epoch's summary images, already on the host
         if imgs is None:  # a run that was already trained: nothing ran
             test = hosts.replicate(load_images(sweep.train.dataset, "test")[:32])
-            imgs = hosts.to_host(jax.jit(prog.images)(prog.state, prog.hyper, test))
+            imgs = prog.gather(hosts.to_host(jax.jit(prog.images)(prog.state, prog.hyper, test)))
         if hosts.is_primary():  # process 0 writes for every process
             draw = {
                 "latent_sweep.png": lambda p: plots.latent_curves(summary, p),

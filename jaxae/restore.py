@@ -149,6 +149,7 @@ class Loaded:
         # (the checkpoint holds the real members only)
         state = prog.from_saved(self.state)
         out = jax.jit(prog.evaluate)(state, prog.hyper, hosts.replicate(test))
+        out = prog.gather(hosts.to_host(out))
         return {k: np.atleast_1d(np.asarray(v, np.float64)).tolist() for k, v in out.items()}
 
 

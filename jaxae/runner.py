@@ -545,6 +545,7 @@ class _Loop:
             state, self.prog.hyper, self.train_x, idx, hosts.replicate(np.int32(s))
         )
         m, finite = hosts.to_host((m, finite))
+        m, finite = self.prog.gather(m, 1), self.prog.gather(finite)
         m = {k: v.reshape(n, -1) for k, v in m.items()}
         dt = time.perf_counter() - t
         self.train_s += dt
@@ -576,7 +577,8 @@ class _Loop:
         with self.sw("summaries"):
             self.summaries.scalars(s, {f"test/{k}": v for k, v in evals.items()})
             x = hosts.replicate(self.test_x[:32])
-            self.prog.last_images = hosts.to_host(self.images(state, self.prog.hyper, x))
+            images = hosts.to_host(self.images(state, self.prog.hyper, x))
+            self.prog.last_images = self.prog.gather(images)
             self.summaries.images(s, self.prog.last_images)
         self.config["last_epoch"] = {k: v.tolist() for k, v in self.last_epoch.items()}
         self.runlog(self.epoch_line(s, evals, n))
@@ -612,7 +614,8 @@ class _Loop:
     def run_evaluate(self, state, n: int | None = None) -> dict:
         """Test metrics of every member on the whole test set, or on its first n examples."""
         out = self.evaluate[n](state, self.prog.hyper, hosts.replicate(self.test_x[:n]))
-        return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in hosts.to_host(out).items()}
+        out = self.prog.gather(hosts.to_host(out))
+        return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in out.items()}
 
     def result(self, run: str, ckpt_dir, log_dir, compile_s: float) -> dict:
         speed = self.steps_run * self.tcfg.batch_size / self.train_s if self.train_s else np.nan

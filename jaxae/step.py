@@ -251,9 +251,10 @@ ACTIVE_VARIANCE = 0.01
 
 
 def make_evaluate(model: Model):
-    """``evaluate(params, h, x, xt, w, n, eval_key)``: per-example test means of one model."""
+    """``evaluate(params, h, x, xt, w, eval_key, *, n)``: per-example test means of one
+    model over the n real rows of the padded test batches."""
 
-    def evaluate(params, h, x, xt, w, n, eval_key):
+    def evaluate(params, h, x, xt, w, eval_key, *, n):
         def body(carry, xs):
             i, xb, xtb, wb = xs
             key = jax.random.fold_in(eval_key, i)
@@ -316,7 +317,8 @@ def all_finite(tree):
 
 
 def all_finite_members(prog) -> Callable:
-    """``finite(state) -> (M,)`` bools: each member's parameters are all finite."""
+    """``finite(state)``: whether each member's parameters are all finite, as the Program
+    returns its outputs (``prog.gather`` makes them (M,) bools)."""
     return prog.finite or (lambda state: all_finite(state["params"])[None])
 
 
@@ -349,6 +351,9 @@ class Program:
     last_images: dict | None = None
     # finite(state) -> (M,) bools, every parameter of each member finite (None: one model)
     finite: Callable | None = None
+    # gather(outputs on the host, axis) -> the members' rows in sweep order: a sweep's
+    # step, evaluate, images and finite return one output per group, padding included
+    gather: Callable = lambda out, axis=0: out
 
 
 # --- one model as a runner Program ----------------------------------------------------
@@ -410,7 +415,7 @@ def single_program(cfg: ModelConfig, tcfg: TrainConfig):
 
     def evaluate(state, h, test):
         x, xt, w, n = test_arrays(test, tcfg, cfg.likelihood, tcfg.eval_batch)
-        res = evaluate_one(state["params"], h, x, xt, w, n, h["eval_key"])
+        res = evaluate_one(state["params"], h, x, xt, w, h["eval_key"], n=n)
         return {k: v[None] for k, v in res.items()}
 
     def images(state, h, x):

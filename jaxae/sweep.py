@@ -155,6 +155,28 @@ def pad_rows(tree, size: int):
     return jax.tree.map(pad, tree)
 
 
+def per_device(f, sharded: tuple[bool, ...]):
+    """``f``, vmapped over the member axis, run by each device on its own members.
+
+    Members are independent, so the program needs no communication between devices.
+    Left to the SPMD partitioner, a vmapped convolution over the sharded member axis
+    becomes a grouped convolution that all-gathers its activations, and XLA:CPU may run
+    the collectives of independent groups in a different order on each device: a
+    deadlock in one process, a gloo abort across processes. ``sharded``: which
+    arguments carry the member axis (the others are replicated); every output does.
+    """
+    if jax.device_count() == 1:
+        return f
+    spec = jax.sharding.PartitionSpec
+    return jax.shard_map(
+        f,
+        mesh=hosts.mesh(),
+        in_specs=tuple(spec("members") if on else spec() for on in sharded),
+        out_specs=spec("members"),
+        check_vma=False,
+    )
+
+
 def sweep_shapes(sweep: SweepConfig) -> tuple:
     """Shapes and dtypes of a sweep's saved state (one stacked state per group, real
     members only), without initialising anything."""
@@ -196,33 +218,38 @@ def sweep_program(sweep: SweepConfig):
         [o + np.arange(len(g.index)) for o, g in zip(offsets, groups, strict=True)]
     )
     order = real[np.argsort(np.concatenate([g.index for g in groups]))]
-    steps = [
-        jax.vmap(model_step(m, tx, binarize=tcfg.binarize), in_axes=(0, 0, None, None, None))
-        for m in models
-    ]
-    evals = [jax.vmap(make_evaluate(m), in_axes=(0, 0, None, None, None, None, 0)) for m in models]
-    imgs = [jax.vmap(model_images(m), in_axes=(0, 0, None)) for m in models]
 
-    def cat(dicts):
-        return {k: jnp.concatenate([d[k] for d in dicts])[order] for k in dicts[0]}
+    def over_members(f, sharded):  # vmapped over the member axis, each device its own
+        return per_device(jax.vmap(f, in_axes=tuple(0 if on else None for on in sharded)), sharded)
 
+    step_args = (True, True, False, False, False)  # which arguments carry the member axis
+    steps = [over_members(model_step(m, tx, binarize=tcfg.binarize), step_args) for m in models]
+    evals = [make_evaluate(m) for m in models]
+    imgs = [over_members(model_images(m), (True, True, False)) for m in models]
+    finite_one = over_members(all_finite, (True,))
+
+    # Every output is a tuple of per-group outputs with the padding rows; ``gather``
+    # puts the real members in sweep order on the host.
     def step(state, h, x, s, bkey):
         outs = [f(st, hh, x, s, bkey) for f, st, hh in zip(steps, state, h, strict=True)]
-        return tuple(o[0] for o in outs), cat([o[1] for o in outs])
+        return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
 
     def evaluate(state, h, test):
         res = []
         for f, g, st, hh in zip(evals, groups, state, h, strict=True):
             x, xt, w, n = test_arrays(test, tcfg, g.cfg.likelihood, tcfg.eval_batch)
-            res.append(f(st["params"], hh, x, xt, w, n, hh["eval_key"]))
-        return cat(res)
+            one = over_members(functools.partial(f, n=n), (True, True, False, False, False, True))
+            res.append(one(st["params"], hh, x, xt, w, hh["eval_key"]))
+        return tuple(res)
 
     def images(state, h, x):
-        return cat([f(st["params"], hh, x) for f, st, hh in zip(imgs, state, h, strict=True)])
+        return tuple(f(st["params"], hh, x) for f, st, hh in zip(imgs, state, h, strict=True))
 
     def finite(state):
-        each = [jax.vmap(all_finite)(st["params"]) for st in state]
-        return jnp.concatenate(each)[order]
+        return tuple(finite_one(st["params"]) for st in state)
+
+    def gather(groups, axis: int = 0):
+        return jax.tree.map(lambda *a: np.take(np.concatenate(a, axis), order, axis), *groups)
 
     def to_saved(state):
         return tuple(
@@ -245,6 +272,7 @@ def sweep_program(sweep: SweepConfig):
         to_saved=to_saved,
         from_saved=from_saved,
         finite=finite,
+        gather=gather,
     )
 
 

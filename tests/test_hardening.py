@@ -133,7 +133,7 @@ def test_prior_samples_do_not_depend_on_the_sweep():
     prog = jsweep.sweep_program(SweepConfig(members, tcfg))
     alone = single_program(tiny_model(latent=2), tcfg)
     x = jnp.asarray(load_images("mnist", "test")[:4])
-    in_sweep = prog.images(prog.state, prog.hyper, x)["samples"][0]
+    in_sweep = prog.gather(prog.images(prog.state, prog.hyper, x))["samples"][0]
     standalone = alone.images(alone.state, alone.hyper, x)["samples"][0]
     np.testing.assert_allclose(in_sweep, standalone, atol=1e-6)
     # the blur score too

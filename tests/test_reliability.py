@@ -116,9 +116,9 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     step = prog.step
 
     def poisoned(state, h, x, s, bkey):  # member 1 diverges in the second epoch
-        state, m = step(state, h, x, s, bkey)
+        state, (m,) = step(state, h, x, s, bkey)  # one group: latents 2 and 4
         m["loss"] = jnp.where(s >= 13, m["loss"].at[1].set(jnp.nan), m["loss"])
-        return state, m
+        return state, (m,)
 
     prog.step = poisoned
     with pytest.raises(NonFiniteError, match=r"step 14 in member vae,latent=4"):

@@ -3,9 +3,11 @@ follow-up commands) on simulated CPU devices and on two local processes.
 
 | cell  | devices         | kinds  | latents  | command / other axes                    |
 |-------|-----------------|--------|----------|-----------------------------------------|
-| dev3  | 3, one process  | vae    | 2, 64    | latent_sweep, --warmups 0 4 (4 members  |
-|       |                 |        |          | padded to 6), --lr-schedule cosine,     |
-|       |                 |        |          | --vae-likelihood gaussian               |
+| dev3  | 3, one process  | ae+vae | 2        | latent_sweep, --archs conv: two conv    |
+|       |                 |        |          | groups (each padded to 3 members) whose |
+|       |                 |        |          | steps once deadlocked on several        |
+|       |                 |        |          | devices; --warmups 0 4, --lr-schedule   |
+|       |                 |        |          | cosine, --vae-likelihood gaussian       |
 | dev8  | 8, one process  | ae+vae | 1, 2, 64 | latent_sweep, 6 members padded to 8,    |
 |       |                 |        |          | sample scores (the AE mixture fit)      |
 | hosts | 2 processes x 2 | vae    | 2        | jaxae.train (one model replicated on 4  |
@@ -33,7 +35,7 @@ from helpers import ROOT
 
 DEVICE_CELLS = {
     "dev3": (3, [
-        "--kinds", "vae", "--latents", "2", "64", "--warmups", "0", "4",
+        "--kinds", "ae", "vae", "--latents", "2", "--archs", "conv", "--warmups", "0", "4",
         "--lr-schedule", "cosine", "--vae-likelihood", "gaussian", "--quality-samples", "0",
     ]),
     "dev8": (8, [
