@@ -4,10 +4,10 @@ follow-up commands) on simulated CPU devices and on two local processes.
 | cell  | devices         | kinds  | latents  | command / other axes                    |
 |-------|-----------------|--------|----------|-----------------------------------------|
 | dev3  | 3, one process  | ae+vae | 2        | latent_sweep, --archs conv: two conv    |
-|       |                 |        |          | groups (each padded to 3 members) whose |
-|       |                 |        |          | steps once deadlocked on several        |
-|       |                 |        |          | devices; --warmups 0 4, --lr-schedule   |
-|       |                 |        |          | cosine, --vae-likelihood gaussian       |
+|       |                 |        |          | groups, each padded to 3 members (with  |
+|       |                 |        |          | collectives between devices, such steps |
+|       |                 |        |          | deadlock); --warmups 0 4, cosine        |
+|       |                 |        |          | schedule, --vae-likelihood gaussian     |
 | dev8  | 8, one process  | ae+vae | 1, 2, 64 | latent_sweep, 6 members padded to 8,    |
 |       |                 |        |          | sample scores (the AE mixture fit)      |
 | hosts | 2 processes x 2 | vae    | 2        | jaxae.train (one model replicated on 4  |
