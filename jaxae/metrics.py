@@ -186,9 +186,13 @@ def evaluate_run(
             rows[i] = row
     if quality_samples:
         clf = quality.resolve(classifier, Path(run.path).parent, tcfg.dataset, progress=progress)
+        log.info(f"sample scores: {quality_samples} samples of each of {len(rows)} members")
         scored = sample_quality(run, clf, n=quality_samples, seed=seed, progress=progress)
         for row, s in zip(rows, scored, strict=True):
+            failed = {**row.get("failed", {}), **s.pop("failed", {})}
             row.update(s)
+            if failed:
+                row["failed"] = failed
     return rows
 
 
@@ -261,6 +265,7 @@ def _iw_stats(model, params, masks, x, xt, w, n, k, chunk, seed, progress):
 
     terms = jax.jit(jax.vmap(iw, in_axes=(0, 0, None, None)))
     sums = {"iw": 0.0, "elbo": 0.0, "elbo1": 0.0}
+    log.info(f"IW bound, k={k}: {masks.shape[0]} member(s) over {n} test digits")
     bar = {"disable": bar_disabled(progress), "desc": f"IW bound, k={k}"}
     for i in tqdm(range(x.shape[0]), **bar):
         out = terms(params, masks, xt[i], jax.random.fold_in(jax.random.key(seed), i))
