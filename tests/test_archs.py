@@ -89,7 +89,9 @@ def test_conv_model_through_train_evaluate_and_sample(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads((models_dir / "c" / "results.json").read_text())["steps"] == 10
     ckpt = str(models_dir / "c")
-    p = run_cli("jaxae.evaluate", "--ckpt", ckpt, "--k", "5", "--chunk", "5", "--quality-samples", "0")
+    p = run_cli(
+        "jaxae.evaluate", "--ckpt", ckpt, "--k", "5", "--chunk", "5", "--quality-samples", "0"
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "nll" in p.stdout.lower()
     p = run_cli("jaxae.sample", "--ckpt", ckpt, "--mode", "prior", "--out", str(tmp_path / "s.png"))

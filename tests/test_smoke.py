@@ -13,7 +13,6 @@ sweeps that each span several axes at once (a full product would take hours on C
 |               |              |        |         |        | --no-binarize, sample scores    |
 |               |              |        |         |        | (the AE mixture fit); progress  |
 |               |              |        |         |        | lines without a terminal        |
-| single_vae2   | jaxae.train  | vae    | 2       | mlp    | scatter, manifold of the latents|
 | single_ae1_conv| jaxae.train | ae     | 1       | conv   | modes that need a VAE refuse    |
 | funnel_resume | latent_sweep | vae    | 1, 2    | funnel | --vae-likelihood gaussian,      |
 |               |              |        |         |        | --lr-schedule cosine; SIGTERM   |
@@ -341,9 +340,8 @@ def _single(tmp_path, *args):
     return ["jaxae.train", "--run", "one", *SMALL, *out, *args]
 
 
-# a latent-2 VAE (scatter and manifold of the latents themselves), a latent-1 conv AE
+# a latent-1 conv AE (a single latent-2 VAE is the hosts cell of the device file)
 SINGLES = {
-    "vae2": ["--kind", "vae", "--latent", "2"],
     "ae1_conv": ["--kind", "ae", "--latent", "1", "--arch", "conv"],
 }
 

@@ -12,8 +12,10 @@ follow-up commands) on simulated CPU devices and on two local processes.
 | dev8  | 8, one process  | ae+vae | 1, 2, 64 | latent_sweep, 6 members padded to 8,    |
 |       |                 |        |          | sample scores (the AE mixture fit)      |
 | hosts | 2 processes x 2 | vae    | 2        | jaxae.train (one model replicated on 4  |
-|       |                 |        |          | devices), read back in one process; the |
-|       |                 |        |          | same command again: both refuse         |
+|       |                 |        |          | devices), read back in one process (the |
+|       |                 |        |          | scatter and manifold of the latents     |
+|       |                 |        |          | themselves); the same command again:    |
+|       |                 |        |          | both processes refuse                   |
 
 A sweep on 2 processes x 2 devices is in ``tests/test_hosts.py`` (against one process)
 and ``tests/test_hardening.py`` (a signal to one process).
