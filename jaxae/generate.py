@@ -39,7 +39,13 @@ def code_density(run: Loaded, i: int, *, k: int = 10, count: int = 10000) -> Gau
     """A k-component Gaussian mixture fitted on member i's posterior means (codes) of the
     first ``count`` training images, inputs prepared like the test set's."""
     _, xt, _ = run.test_set(i, "train", count)
-    return fit_gmm(np.asarray(run.encode(i, xt)), k, seed=0, tol=1e-3)
+    codes = np.asarray(run.encode(i, xt))
+    if not np.isfinite(codes).all():
+        raise ModeError(
+            f"member {run.members[i].name} has non-finite codes (it diverged): "
+            "no mixture to sample from"
+        )
+    return fit_gmm(codes, k, seed=0, tol=1e-3)
 
 
 def prior(

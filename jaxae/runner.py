@@ -69,15 +69,19 @@ def load_images(dataset: str, split: str) -> np.ndarray:
 RESUMABLE = {"epochs", "chunk", "eval_batch", "eval_examples", "max_to_keep"}
 
 
-def _field_defaults() -> dict:
-    """Default value of every config field by name, as ``to_dict`` writes it (JSON)."""
+def _field_defaults(path: str) -> dict:
+    """Default value of every field of the config at ``path`` (``model``,
+    ``sweep.members.3.model``: a ModelConfig; ``train``, ``sweep.train``: a TrainConfig),
+    as ``to_dict`` writes it (JSON); {} elsewhere."""
     import dataclasses
 
+    cls = {"model": ModelConfig, "train": TrainConfig}.get(path.rsplit(".", 1)[-1])
+    if cls is None:
+        return {}
     out = {}
-    for cls in (ModelConfig, TrainConfig):
-        for f in dataclasses.fields(cls):
-            v = getattr(cls(), f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
+    for f in dataclasses.fields(cls):
+        v = getattr(cls(), f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
 
 
@@ -90,7 +94,7 @@ def config_changes(saved, new, path: str = "") -> list[tuple[str, object, object
     """
     if isinstance(new, dict) and isinstance(saved, dict):
         out = []
-        defaults = _field_defaults()
+        defaults = _field_defaults(path)
         for k, v in new.items():
             if k in RESUMABLE:
                 continue
@@ -252,8 +256,12 @@ class RunLog:
         log.log(level, msg)
         if self.path is not None and self.path.parent.is_dir():
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            with open(self.path, "a") as f:
-                f.write(f"{stamp} {msg}\n")
+            try:  # a log line is never worth a run (or, with several processes, a hang)
+                with open(self.path, "a") as f:
+                    f.write(f"{stamp} {msg}\n")
+            except OSError as e:
+                log.warning(f"could not append to {self.path}: {e}")
+                self.path = None
 
 
 def format_seconds(s: float) -> str:
@@ -362,7 +370,7 @@ def run(
         ckpt_dir, log_dir, lock = prepare_run_dir(
             models_dir, runs_dir, run, resume=resume, overwrite=overwrite
         )
-    except RunError as e:
+    except Exception as e:  # noqa: BLE001 - re-raised below, after telling the others
         refused = e
     if hosts.agree_max(refused is not None):
         raise refused or RunError(f"process 0 refused to start run {run!r} (its output says why)")
@@ -397,7 +405,7 @@ def run(
         partial = saved.get("epoch_partial", {})
         if partial.get("steps"):  # stopped in the middle of an epoch: its sums so far
             loop.n = int(partial["steps"])
-            loop.sums = {k: np.asarray(v, np.float64) for k, v in partial["sums"].items()}
+            loop.sums = {k: np.asarray(v, np.float32) for k, v in partial["sums"].items()}
         with sw("compile"):
             compile_s = loop.compile(state)
         state = loop.train(state, progress)
