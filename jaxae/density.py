@@ -199,10 +199,11 @@ def fit_gmm(
 
     The start is k-means (from k-means++ seeds drawn with ``seed``): each hard cluster's
     mean, covariance and share of the points; with ``n_init`` > 1, EM runs from that many
-    such starts and the most likely fit wins. Every covariance's diagonal gets ``reg_covar`` (an absolute floor in
-    the units of z, scikit-learn's default) plus ``reg`` times that dimension's variance
-    (a floor that scales with each dimension), so no component collapses on a point, a
-    constant or duplicated dimension, or fewer than k distinct points. Stops when the mean
+    such starts and the most likely fit wins. Every covariance's diagonal gets ``reg_covar``
+    (an absolute floor in the units of z, scikit-learn's default) plus ``reg`` times that
+    dimension's variance (a floor that scales with each dimension), so no component
+    collapses on a point, a constant or duplicated dimension, or fewer than k distinct
+    points. Stops when the mean
     log-likelihood gains < ``tol``.
 
     Each iteration's two O(N K D^2) matmuls (whitening every point for every component,
