@@ -203,8 +203,7 @@ def fit_gmm(
     (an absolute floor in the units of z, scikit-learn's default) plus ``reg`` times that
     dimension's variance (a floor that scales with each dimension), so no component
     collapses on a point, a constant or duplicated dimension, or fewer than k distinct
-    points. Stops when the mean
-    log-likelihood gains < ``tol``.
+    points. Stops when the mean log-likelihood gains < ``tol``.
 
     Each iteration's two O(N K D^2) matmuls (whitening every point for every component,
     and the covariances) run in float32, on points centred on their mean so that no
