@@ -17,11 +17,9 @@ import numpy as np
 
 from jaxae import generate, hosts, likelihoods, plots, quality
 from jaxae.config import AXES, ModelConfig, SweepConfig
-from jaxae.metrics import evaluate_run, sample_quality
+from jaxae.metrics import evaluate_run, failure_reason, sample_quality
 from jaxae.restore import load
 from jaxae.runner import RunLog, Stopwatch, fit_sweep, load_images
-
-log = logging.getLogger("jaxae")
 
 # metrics of ``jaxae.metrics.evaluate_run`` kept in the result rows, and those averaged
 SCORES = tuple(f"{k}{d}" for d in ("", "_gmm") for k in ("confidence", "class_entropy", "frechet"))
@@ -248,7 +246,7 @@ def run_sweep(
                 try:
                     draw[fname](out / fname)
                 except Exception as e:  # noqa: BLE001 - one figure, recorded
-                    reason = f"{type(e).__name__}: {e}".splitlines()[0]
+                    reason = failure_reason(e)
                     failures.append({"member": None, "phase": f"figure {fname}", "reason": reason})
                     logging.getLogger("jaxae").warning(f"figure {fname} failed: {reason}")
     result["failures"] = failures

@@ -25,10 +25,15 @@ from jaxae.step import ACTIVE_VARIANCE, test_arrays
 log = logging.getLogger("jaxae")
 
 
+def failure_reason(err: Exception) -> str:
+    """One line naming an exception: its type and the first line of its message."""
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
 def record_failure(row: dict, phase: str, err: Exception) -> None:
     """Note in a member's row that one analysis phase failed, and why (one warning line):
     the member's other results, and every other member's, stand."""
-    reason = f"{type(err).__name__}: {err}".splitlines()[0]
+    reason = failure_reason(err)
     row.setdefault("failed", {})[phase] = reason
     log.warning(f"{phase} failed for {row.get('member', '?')}: {reason}")
 

@@ -600,7 +600,7 @@ class _Loop:
         losses = "  ".join(f"{k} {v}" for k, v in {**train, **test}.items())
         done = s - self.first_step
         elapsed = time.perf_counter() - self.started
-        speed = self.steps_run * self.tcfg.batch_size * len(self.prog.names) / self.train_s
+        speed = self.examples_per_s() * len(self.prog.names)
         eta = elapsed / max(done, 1) * (self.total - s)
         subset = "" if n is None else f" (test: first {n} examples)"
         return (
@@ -625,8 +625,12 @@ class _Loop:
         out = self.prog.gather(hosts.to_host(out))
         return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in out.items()}
 
+    def examples_per_s(self) -> float:
+        """Training examples per second so far (each seen by every member)."""
+        return self.steps_run * self.tcfg.batch_size / self.train_s if self.train_s else np.nan
+
     def result(self, run: str, ckpt_dir, log_dir, compile_s: float) -> dict:
-        speed = self.steps_run * self.tcfg.batch_size / self.train_s if self.train_s else np.nan
+        speed = self.examples_per_s()
         timing = {
             "compile_s": compile_s,
             "train_s": self.train_s,
