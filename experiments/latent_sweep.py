@@ -2,22 +2,11 @@
 
 python -m experiments.latent_sweep                      # VAE + AE, latents 2..64, 3 seeds
 python -m experiments.latent_sweep --hidden 512 256 128 64 32 12 6 3 --latents 2 3 6 12
+
+The command is ``jaxae.cli.sweep.latent_main`` (also installed as ``jaxae-latent-sweep``).
 """
 
-from jaxae.cli.sweep import sweep_main, sweep_parser
-
-
-def main(argv=None) -> int:
-    parser = sweep_parser(
-        "python -m experiments.latent_sweep",
-        "Train VAEs and AEs of several latent sizes and seeds as one compiled program; "
-        "write results.json/csv, latent_sweep.png and samples.png to models/<name>/.",
-        kind=["vae", "ae"],
-        latent=[2, 4, 8, 16, 32, 64],
-        beta=[1.0],
-    )
-    return sweep_main(parser, "latent_sweep", figures=("latent",), argv=argv)
-
+from jaxae.cli.sweep import latent_main as main
 
 if __name__ == "__main__":
     raise SystemExit(main())

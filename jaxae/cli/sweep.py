@@ -1,4 +1,9 @@
-"""The command line of the sweep experiments: one flag per axis of ``config.AXES``."""
+"""The command line of the sweep experiments: one flag per axis of ``config.AXES``.
+
+The two experiments (``python -m experiments.latent_sweep`` / ``jaxae-latent-sweep`` and
+``python -m experiments.beta_sweep`` / ``jaxae-beta-sweep``) are ``latent_main`` and
+``beta_main``: their defaults, descriptions and table columns are here.
+"""
 
 from __future__ import annotations
 
@@ -137,3 +142,49 @@ def sweep_main(parser, default_name: str, figures, argv=None, columns=None) -> i
         return 0
 
     return guarded(main)
+
+
+# --- the two experiments -----------------------------------------------------------------
+
+
+def latent_main(argv=None) -> int:
+    """Question 1: how does the loss change with the latent size? Is too much compression
+    bad? VAEs and AEs of latent sizes 2..64, 3 seeds each."""
+    parser = sweep_parser(
+        "python -m experiments.latent_sweep",
+        "Train VAEs and AEs of several latent sizes and seeds as one compiled program; "
+        "write results.json/csv, latent_sweep.png and samples.png to models/<name>/.",
+        kind=["vae", "ae"],
+        latent=[2, 4, 8, 16, 32, 64],
+        beta=[1.0],
+    )
+    return sweep_main(parser, "latent_sweep", figures=("latent",), argv=argv)
+
+
+# the beta sweep's table: the bound and its two terms, then blur and sample quality
+BETA_COLUMNS = (
+    "test_neg_elbo",
+    "test_recon",
+    "test_kl",
+    "test_loss",
+    "test_mse",
+    "sample_entropy",
+    "active_units",
+    "confidence",
+    "class_entropy",
+    "frechet",
+)
+
+
+def beta_main(argv=None) -> int:
+    """Question 2: how does beta trade reconstruction against KL and sample sharpness?
+    beta-VAEs of betas 0.25..8 at latent 16, 3 seeds each."""
+    parser = sweep_parser(
+        "python -m experiments.beta_sweep",
+        "Train beta-VAEs for several betas and seeds as one compiled program; write "
+        "results.json/csv, beta_sweep.png (rate-distortion) and samples.png to models/<name>/.",
+        kind=["vae"],
+        latent=[16],
+        beta=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+    )
+    return sweep_main(parser, "beta_sweep", figures=("beta",), argv=argv, columns=BETA_COLUMNS)
