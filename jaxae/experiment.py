@@ -199,10 +199,8 @@ def run_sweep(
             f"final evaluation of {len(sweep.members)} members"
             + (f" (IW bound, k={eval_k})" if eval_k else "")
         )
-        run = load(out)  # MSE and active units come from the last epoch's evaluation
-        evals = evaluate_run(
-            run, k=eval_k, progress=kwargs.get("progress"), mse=False, active=False
-        )
+        run = load(out)
+        evals = evaluate_run(run, k=eval_k, progress=kwargs.get("progress"), test=result["test"])
     if quality_samples and hosts.is_primary():
         with sw("classifier"):  # trained on the first run only
             clf = quality.resolve(classifier, out.parent, sweep.train.dataset, log=log)
@@ -224,10 +222,8 @@ def run_sweep(
     with sw("figures"):
         if hosts.is_primary():
             log("figures")
-        imgs = prog.last_images  # the last epoch's summary images, already on the host
-        if imgs is None:  # a run that was already trained: nothing ran
-            test = hosts.replicate(load_images(sweep.train.dataset, "test")[:32])
-            imgs = prog.gather(hosts.to_host(jax.jit(prog.images)(prog.state, prog.hyper, test)))
+        test = hosts.replicate(load_images(sweep.train.dataset, "test")[:32])
+        imgs = prog.gather(hosts.to_host(jax.jit(prog.images)(prog.state, prog.hyper, test)))
         if hosts.is_primary():  # process 0 writes for every process
             draw = {
                 "latent_sweep.png": lambda p: plots.latent_curves(summary, p),

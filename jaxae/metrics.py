@@ -1,7 +1,8 @@
-"""Metrics beyond the training loop's: IW NLL, active units, sample blur and quality, PCA.
+"""Metrics beyond the training loop's: IW NLL, sample blur and quality, PCA.
 
 ``evaluate_run`` takes a restored run (``jaxae.restore.load``) and evaluates every member
-of a group at once, vmapped; the same code serves a single model and a sweep.
+of a group at once, vmapped. The loop's own test metrics (loss, MSE, active units) come
+from ``Loaded.test_metrics``: one implementation, ``jaxae.evaluation``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from tqdm import tqdm
 
 from jaxae import generate, likelihoods, quality
 from jaxae.data import load as load_data
+from jaxae.evaluation import test_arrays
 from jaxae.losses import gaussian_log_density
 from jaxae.models import Model, latent_noise
 from jaxae.restore import Loaded
 from jaxae.runner import bar_disabled
-from jaxae.step import ACTIVE_VARIANCE, test_arrays
 
 log = logging.getLogger("jaxae")
 
@@ -65,18 +66,6 @@ def pca_mse(train_x, test_x, ks) -> dict[int, float]:
         proj = tc @ vecs[:, :k]
         out[int(k)] = float((total - np.square(proj).sum()) / tc.size)
     return out
-
-
-def active_units(z, threshold: float = ACTIVE_VARIANCE):
-    """Latent dims whose posterior mean varies over the data (Burda et al. 2016, sec. 5.2).
-
-    Args:
-        z: (..., N, D) posterior means of N examples.
-        threshold: a dim is active when its variance over the N examples exceeds it.
-    Returns:
-        (...,) number of active dims.
-    """
-    return (np.asarray(z).var(-2) > threshold).sum(-1)
 
 
 # --- importance-weighted log-likelihood (Burda et al. 2016, eq. 8) ------------------------
@@ -141,8 +130,7 @@ def evaluate_run(
     batch: int = 100,
     seed: int = 0,
     progress: bool | None = None,
-    mse: bool = True,
-    active: bool = True,
+    test: dict | None = None,
     quality_samples: int = 0,
     classifier=None,
 ) -> list[dict]:
@@ -155,8 +143,8 @@ def evaluate_run(
     MSE, active units and (VAEs) sample blur only.
     A phase that fails for a group or a member (the IW bound, a sample score) is
     recorded in the row's ``failed`` dict ({phase: reason}); the rest stands.
-    ``mse=False`` skips the reconstruction MSE and ``active=False`` the active units (a
-    sweep has both from its last evaluation).
+    The reconstruction MSE and the active units are the training loop's test metrics
+    (``Loaded.test_metrics``, or ``test`` when the caller has them already).
     ``classifier``: a ``jaxae.quality.TrainedClassifier`` or its folder; by default the
     one next to the run (``models/classifier-<dataset>``), trained there when missing.
     """
@@ -168,13 +156,13 @@ def evaluate_run(
         x, _ = load_data(tcfg.dataset, split)
         return x.reshape(x.shape[0], -1)
 
-    test = images("test")
-    pca = pca_mse(images("train"), test, sorted({m.model.latent for m in run.members}))
+    test_x = images("test")
+    pca = pca_mse(images("train"), test_x, sorted({m.model.latent for m in run.members}))
     opts = {"k": k, "chunk": chunk, "batch": batch, "seed": seed, "progress": progress}
-    opts |= {"mse": mse, "active": active}
+    test_metrics = run.test_metrics() if test is None else test
     rows = [None] * len(run.members)
     for g in run.groups:
-        stats, err = _group_stats(g.model, g.params, g.masks, test, tcfg, **opts)
+        stats, err = _group_stats(g.model, g.params, g.masks, test_x, tcfg, **opts)
         for j, i in enumerate(g.index):
             m = run.members[i]
             row = {
@@ -184,6 +172,8 @@ def evaluate_run(
                 "dataset": tcfg.dataset,
                 "step": run.step,
                 "pca_mse": pca[m.model.latent],
+                "mse": test_metrics["mse"][i],
+                "active_units": int(test_metrics["active_units"][i]),
             }
             row.update({key: v[j].item() if hasattr(v, "shape") else v for key, v in stats.items()})
             if err is not None:
@@ -232,18 +222,11 @@ def sample_quality(run: Loaded, clf, *, n: int = 10000, seed: int = 0, progress=
     return out
 
 
-def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, progress, mse, active):
+def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, progress):
     """(metrics (G,) of the G stacked members of one group, the IW bound's error or None)."""
     cfg = model.cfg
     x, xt, w, n = test_arrays(jnp.asarray(test), tcfg, cfg.likelihood, batch)
     stats = {}
-    if active:
-        flat = xt.reshape(-1, xt.shape[-1])
-        enc = jax.vmap(lambda p, m: model.apply(p, flat, mask=m, method=Model.encode)[0])
-        z = np.asarray(jax.jit(enc)(params, masks))[:, :n]  # (G, N, D) posterior means
-        stats["active_units"] = active_units(z)
-    if mse:
-        stats["mse"] = _mse(model, params, masks, x, xt, w, n)
     if cfg.kind == "vae":
         stats["sample_entropy"] = _sample_entropy(model, params, masks, seed)
     if k == 0 or cfg.kind != "vae":
@@ -297,18 +280,5 @@ def _sample_entropy(model, params, masks, seed: int, n: int = 1000):
         q = jax.nn.sigmoid(logits)
         ent = -(q * jax.nn.log_sigmoid(logits) + (1 - q) * jax.nn.log_sigmoid(-logits))
         return ent.mean()
-
-    return np.asarray(jax.jit(jax.vmap(one))(params, masks))
-
-
-def _mse(model, params, masks, x, xt, w, n):
-    """Test MSE per pixel against the grey digits x of the reconstruction from the posterior
-    mean of the model's input xt (binarized for Bernoulli models), per member."""
-    mean_image = likelihoods.get(model.cfg.likelihood).mean
-
-    def one(p, m):
-        xf = x.reshape(-1, x.shape[-1])
-        xhat = mean_image(model.apply(p, xt.reshape(xf.shape), mask=m, method=Model.reconstruct))
-        return (jnp.square(xhat - xf).sum(-1) * w.reshape(-1)).sum() / (n * x.shape[-1])
 
     return np.asarray(jax.jit(jax.vmap(one))(params, masks))

@@ -1,7 +1,7 @@
-"""Load a trained model or sweep from its checkpoint folder: one view for both layouts.
+"""Load a trained run from its checkpoint folder.
 
-``load(path)`` gives a ``Loaded`` run whose members are ``config.Member``s, whatever the
-layout (one model trained by ``jaxae.train``/``fit``, or a sweep): per-member ``params``,
+``load(path)`` gives a ``Loaded`` run whose members are ``config.Member``s (one model
+trained by ``jaxae.train``/``fit`` is a sweep of one): per-member ``params``,
 ``encode``/``decode``/``reconstruct`` that own the input preparation (the same binarized
 test digits the training loop evaluated), and ``groups`` of stacked members for vmapped
 evaluation.
@@ -17,18 +17,18 @@ import numpy as np
 
 from jaxae import hosts, likelihoods
 from jaxae.checkpoint import Checkpointer, CheckpointError, resolve
-from jaxae.config import (
-    ConfigError,
-    Member,
-    TrainConfig,
-    model_from_dict,
-    sweep_from_dict,
-    train_from_dict,
-)
+from jaxae.config import ConfigError, Member, SweepConfig, TrainConfig, sweep_from_dict
 from jaxae.data import load as load_data
+from jaxae.evaluation import test_targets
 from jaxae.models import Model, latent_mask
-from jaxae.step import init_state, make_optimizer, single_program, test_targets
-from jaxae.sweep import group_members, member_params, replicated, sweep_program, sweep_shapes
+from jaxae.sweep import (
+    group_hyper,
+    group_members,
+    member_params,
+    members_evaluate,
+    restore_state,
+    sweep_dict,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,29 +46,31 @@ class Loaded:
     """A restored run.
 
     Attributes:
-        layout: ``"single"`` (one unstacked model) or ``"sweep"`` (stacked groups).
-        members: the run's members (name, model config, seed), in saved order.
-        train: the run's TrainConfig (dataset, seeds, binarization).
-        state: the raw restored state; ``step``: its step; ``path``: the run folder.
+        sweep: the run's SweepConfig: its ``members`` (name, model config, seed) in saved
+            order and its ``train`` config (dataset, seeds, binarization).
+        config: the saved config; ``state``: one stacked state per group (real members
+            only); ``step``: its step; ``path``: the run folder.
     """
 
-    layout: str
+    sweep: SweepConfig
     config: dict
-    state: object
+    state: tuple
     step: int
     path: str
-    members: list[Member]
-    train: TrainConfig
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        return self.sweep.members
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.sweep.train
 
     # --- parameters ---------------------------------------------------------------------
 
     @property
     def groups(self) -> list[GroupView]:
-        """Stacked members per group (a single model is one group of one member)."""
-        if self.layout == "single":
-            cfg = self.members[0].model
-            params = jax.tree.map(lambda a: a[None], self.state["params"])
-            return [GroupView(Model(cfg), params, jnp.ones((1, cfg.latent)), (0,))]
+        """Stacked members per group, with their latent masks."""
         out = []
         for g, st in zip(group_members(self.members), self.state, strict=True):
             ks = [self.members[i].model.latent for i in g.index]
@@ -78,9 +80,7 @@ class Loaded:
 
     def params(self, i: int = 0):
         """Params of member i at its own latent size (a standalone model's tree)."""
-        if self.layout == "single":
-            return self.state["params"]
-        return member_params(self.state, sweep_from_dict(self.config["sweep"]), i)
+        return member_params(self.state, self.sweep, i)
 
     # --- the model, with its input preparation -----------------------------------------------
 
@@ -98,16 +98,15 @@ class Loaded:
         xt = test_targets(x, self.train, self.members[i].model.likelihood)
         return np.asarray(x), np.asarray(xt), np.asarray(labels)
 
-    def encode(self, i: int, x):
-        """Posterior mean (B, k) of member i for prepared inputs x (B, F) (``test_set``)."""
-        cfg = self.members[i].model
-        return Model(cfg).apply(self.params(i), jnp.asarray(x), method=Model.encode)[0]
-
     def posterior(self, i: int, x):
-        """(mean, logvar) of member i's posterior for prepared inputs x (B, F); logvar is
-        None for an autoencoder."""
+        """(mean (B, k), logvar (B, k)) of member i's posterior for prepared inputs x
+        (B, F) (``test_set``); logvar is None for an autoencoder."""
         cfg = self.members[i].model
         return Model(cfg).apply(self.params(i), jnp.asarray(x), method=Model.encode)
+
+    def encode(self, i: int, x):
+        """Posterior mean (B, k) of member i for prepared inputs x (B, F)."""
+        return self.posterior(i, x)[0]
 
     def decode(self, i: int, z):
         """Mean images (B, H, W, C) in [0, 1] of member i's decoder at latents z (B, k)."""
@@ -138,36 +137,19 @@ class Loaded:
         return names.index(name)
 
     def test_metrics(self) -> dict:
-        """Test metrics per member, computed exactly as the training run reported them."""
-        if self.layout == "single":
-            prog = single_program(self.members[0].model, self.train)
-        else:
-            prog = sweep_program(sweep_from_dict(self.config["sweep"]))
+        """Test metrics {name: [one per member]}, computed exactly as the training loop
+        reported them (``sweep.members_evaluate``)."""
         x, _ = load_data(self.train.dataset, "test")
         test = jnp.asarray(x.reshape(x.shape[0], -1))
-        # the program's rows: a sweep pads each group to a multiple of the device count
-        # (the checkpoint holds the real members only)
-        state = prog.from_saved(self.state)
-        out = jax.jit(prog.evaluate)(state, prog.hyper, hosts.replicate(test))
-        out = prog.gather(hosts.to_host(out))
-        return {k: np.atleast_1d(np.asarray(v, np.float64)).tolist() for k, v in out.items()}
-
-
-def _target(config: dict, run_dir) -> tuple:
-    """(layout, abstract state, members, TrainConfig) described by a saved config."""
-    try:
-        if config.get("type") == "model":
-            cfg, tcfg = model_from_dict(config["model"]), train_from_dict(config["train"])
-            target = jax.eval_shape(
-                lambda: init_state(cfg, make_optimizer(tcfg), jax.random.key(0))
-            )
-            return "single", target, [Member(cfg, tcfg.seed)], tcfg
-        if config.get("type") == "sweep":
-            sweep = sweep_from_dict(config["sweep"])
-            return "sweep", sweep_shapes(sweep), list(sweep.members), sweep.train
-    except (KeyError, TypeError, ConfigError) as e:
-        raise CheckpointError(f"{run_dir} holds an unreadable jaxae config: {e}") from e
-    raise CheckpointError(f"{run_dir} is not a jaxae checkpoint (no model config)")
+        out: dict[str, list] = {}
+        for g in self.groups:
+            h = group_hyper(self.members, g.index, g.model.cfg.latent, self.train)
+            res = jax.jit(members_evaluate(g.model, self.train))(g.params, h, test)
+            for k, v in res.items():
+                out.setdefault(k, [None] * len(self.members))
+                for j, i in enumerate(g.index):
+                    out[k][i] = float(v[j])
+        return out
 
 
 def load(path, step: int | None = None) -> Loaded:
@@ -189,8 +171,13 @@ def load(path, step: int | None = None) -> Loaded:
         if step is None:
             raise CheckpointError(f"no checkpoint at {run_dir}")
         config = mgr.read_config(step)
-        layout, target, members, tcfg = _target(config, run_dir)
-        state = mgr.restore(replicated(target), step)  # any saved device layout
+        if config.get("type") not in ("model", "sweep"):
+            raise CheckpointError(f"{run_dir} is not a jaxae checkpoint (no model config)")
+        try:
+            sweep = sweep_from_dict(sweep_dict(config))
+        except (KeyError, TypeError, ConfigError) as e:
+            raise CheckpointError(f"{run_dir} holds an unreadable jaxae config: {e}") from e
+        state = restore_state(mgr, config, step)  # any saved device layout
     if jax.process_count() > 1:  # a restored run is used locally by each process
         state = hosts.to_host(state)
-    return Loaded(layout, config, state, int(step), str(run_dir), members, tcfg)
+    return Loaded(sweep, config, state, int(step), str(run_dir))

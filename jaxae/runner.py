@@ -1,14 +1,16 @@
-"""The training loop shared by single runs and sweeps.
+"""The training loop: ``train``, one function that reads top to bottom.
 
-A ``Program`` (``jaxae.step``) is whatever is trained — one model, or a sweep's groups of
-stacked members — seen through a few pure functions. ``run`` owns the orchestration:
-epochs and chunks, compile timing, progress bar, summaries, evaluation, checkpoints,
-resume, signals and the non-finite guard. ``fit`` and ``fit_sweep`` build the Program.
+Set-up (data, run folder, checkpoint manager, state, compiled functions), then one ``for``
+over chunks of steps: train, check, log, and at each epoch's end the periodic work —
+evaluation, summaries, checkpoint — done by small objects the loop calls; after every
+chunk a signal stops all processes with a checkpoint. What is trained is a
+``sweep.Program`` (one model is a sweep of one); ``fit`` and ``fit_sweep`` build it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -29,19 +31,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from jaxae import data as jdata
 from jaxae import hosts
 from jaxae.checkpoint import Checkpointer
-from jaxae.config import ModelConfig, SweepConfig, TrainConfig
-from jaxae.step import (
-    Program,
-    all_finite_members,
-    check_finite,
-    chunk_size,
-    data_keys,
-    jit_epoch_batches,
-    make_chunk,
-    single_program,
-)
+from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
+from jaxae.keys import data_keys
+from jaxae.step import check_finite, chunk_size, jit_epoch_batches, make_chunk
 from jaxae.summary import Summaries
-from jaxae.sweep import replicated, sweep_program
+from jaxae.sweep import Program, restore_state, sweep_dict, sweep_program
 
 log = logging.getLogger("jaxae")
 
@@ -73,8 +67,6 @@ def _field_defaults(path: str) -> dict:
     """Default value of every field of the config at ``path`` (``model``,
     ``sweep.members.3.model``: a ModelConfig; ``train``, ``sweep.train``: a TrainConfig),
     as ``to_dict`` writes it (JSON); {} elsewhere."""
-    import dataclasses
-
     cls = {"model": ModelConfig, "train": TrainConfig}.get(path.rsplit(".", 1)[-1])
     if cls is None:
         return {}
@@ -115,6 +107,7 @@ def config_changes(saved, new, path: str = "") -> list[tuple[str, object, object
 
 def refuse_changes(saved: dict, new: dict) -> None:
     """Raise RunError naming the first field a resumed run would silently change."""
+    saved = {**saved, "type": "sweep", "sweep": sweep_dict(saved)}  # any saved layout
     changes = config_changes(saved, {k: new[k] for k in new if k in saved or k == "type"})
     if changes:
         field, here, there = changes[0]
@@ -327,7 +320,171 @@ def format_phases(seconds: dict[str, float], wall: float | None = None) -> str:
     return "time: " + " · ".join(parts)
 
 
-def run(
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """A run's steps: ``per_epoch`` (the last partial batch is dropped), ``total`` and
+    the steps of one compiled call (``chunk``, a divisor of ``per_epoch``)."""
+
+    per_epoch: int
+    total: int
+    chunk: int
+
+    @classmethod
+    def of(cls, examples: int, tcfg: TrainConfig) -> Steps:
+        per_epoch = examples // tcfg.batch_size
+        return cls(per_epoch, per_epoch * tcfg.epochs, chunk_size(per_epoch, tcfg.chunk))
+
+    def chunks(self, s: int):
+        """(first step, steps) of each chunk from global step s to the end; a chunk never
+        crosses an epoch's end (a run resumed mid-epoch finishes it with a shorter one)."""
+        while s < self.total:
+            n = min(self.chunk, self.per_epoch - s % self.per_epoch)
+            yield s, n
+            s += n
+
+    def epoch(self, s: int) -> int:
+        """The epoch (1-based) that step s ends or lies in."""
+        return -(-s // self.per_epoch)
+
+
+class Compiled:
+    """The Program's functions compiled once for a run's shapes: chunks of steps, the
+    evaluation (the whole test set and, for the epochs before the last, its first
+    ``eval_examples``) and the image grids. Their outputs come back gathered on the host.
+    """
+
+    def __init__(self, prog: Program, tcfg: TrainConfig, steps: Steps, state, train_x, test_x):
+        self.prog, self.batch, self.train_x = prog, tcfg.batch_size, train_x
+        keys = data_keys(tcfg.data_seed)
+        self.perm_key = keys["perm"]
+        self.batches = jit_epoch_batches(train_x.shape[0], tcfg.batch_size)
+        scanned = make_chunk(
+            prog.step, binarize_key=keys["binarize"], schedule=tcfg.schedule, total=steps.total
+        )
+
+        def chunk(state, h, images, idx, s0):
+            # the parameters after the chunk's last update are checked too: a loss is
+            # computed before its update, so a finite last loss can hide NaN parameters
+            state, metrics = scanned(state, h, images, idx, s0)
+            return state, metrics, prog.finite(state)
+
+        self.jit_chunk = jax.jit(chunk, donate_argnums=0)
+        self.chunks: dict[int, object] = {}  # compiled per length
+        self.epoch, self.epoch_idx = None, None  # the permutation of the current epoch
+        self.chunk(steps.chunk, state)
+        evaluate, h = jax.jit(prog.evaluate), prog.hyper
+        n = tcfg.eval_examples
+        self.tests = {None: hosts.replicate(test_x)}
+        if 0 < n < test_x.shape[0]:
+            self.tests[n] = hosts.replicate(test_x[:n])
+        self.evaluations = {k: evaluate.lower(state, h, x).compile() for k, x in self.tests.items()}
+        self.image_digits = hosts.replicate(test_x[:32])
+        self.image_grids = jax.jit(prog.images).lower(state, h, self.image_digits).compile()
+
+    def chunk(self, n: int, state):
+        """The chunk of n steps, compiled on first use."""
+        if n not in self.chunks:
+            idx = hosts.replicate(np.zeros((n, self.batch), np.int32))
+            args = (state, self.prog.hyper, self.train_x, idx, hosts.replicate(np.int32(0)))
+            self.chunks[n] = self.jit_chunk.lower(*args).compile()
+        return self.chunks[n]
+
+    def train(self, state, s: int, n: int):
+        """Steps s .. s + n - 1: (state, metrics {name: (n, M)}, finite (M,) bools)."""
+        epoch, j = divmod(s, self.batches_per_epoch)
+        if epoch != self.epoch:
+            self.epoch, self.epoch_idx = epoch, np.asarray(self.batches(self.perm_key, epoch))
+        idx = hosts.replicate(self.epoch_idx[j : j + n])
+        out = self.chunk(n, state)(
+            state, self.prog.hyper, self.train_x, idx, hosts.replicate(np.int32(s))
+        )
+        state, (metrics, finite) = out[0], hosts.to_host(out[1:])
+        metrics = {k: v.reshape(n, -1) for k, v in self.prog.gather(metrics, 1).items()}
+        return state, metrics, self.prog.gather(finite)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.train_x.shape[0] // self.batch
+
+    def evaluate(self, state, n: int | None = None) -> dict:
+        """Test metrics {name: (M,)} on the whole test set, or on its first n examples."""
+        out = self.evaluations[n](state, self.prog.hyper, self.tests[n])
+        out = self.prog.gather(hosts.to_host(out))
+        return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in out.items()}
+
+    def images(self, state) -> dict:
+        """Prior samples and test reconstructions {name: (M, n, H, W, C)}."""
+        out = self.image_grids(state, self.prog.hyper, self.image_digits)
+        return self.prog.gather(hosts.to_host(out))
+
+
+class EpochMeans:
+    """Running sums of the current epoch's train metrics, and the last finished epoch's
+    means. ``partial`` is what a checkpoint taken mid-epoch records."""
+
+    def __init__(self, last: dict, partial: dict):
+        self.last = {k: np.asarray(v) for k, v in last.items()}
+        self.n = int(partial.get("steps", 0))
+        self.sums = {k: np.asarray(v, np.float32) for k, v in partial.get("sums", {}).items()}
+
+    def add(self, metrics: dict) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.sum(0)
+        self.n += next(iter(metrics.values())).shape[0]
+
+    def close(self) -> dict:
+        """The epoch's means; the sums start again."""
+        self.last = {k: v / self.n for k, v in self.sums.items()}
+        self.sums, self.n = {}, 0
+        return self.last
+
+    def partial(self) -> dict:
+        return {"steps": self.n, "sums": {k: np.asarray(v).tolist() for k, v in self.sums.items()}}
+
+
+class Saver:
+    """Saves a checkpoint with the bookkeeping a resumed run needs in its config: the last
+    finished epoch's train means, the dropped members and the unfinished epoch's sums."""
+
+    def __init__(self, ckpts: Checkpointer, prog: Program, record: dict, sw: Stopwatch):
+        self.ckpts, self.prog, self.record, self.sw = ckpts, prog, record, sw
+        self.step = None  # the last step saved
+
+    def __call__(self, state, s: int, means: EpochMeans, dropped: dict | None) -> None:
+        config = {
+            **self.record,
+            "last_epoch": {k: v.tolist() for k, v in means.last.items()},
+            "dropped": dict(dropped or {}),
+            "epoch_partial": means.partial(),
+        }
+        with self.sw("checkpoints"):
+            self.ckpts.save(s, self.prog.to_saved(state), config)
+        self.step = s
+
+
+def epoch_line(
+    s: int, steps: Steps, epochs: int, train: dict, test: dict, kinds, speed: float,
+    elapsed: float, done: int, subset: int | None,
+) -> str:  # fmt: skip
+    """One progress line: epoch, step, train and test loss per model kind, speed,
+    elapsed time and the estimated time to the end of training."""
+    losses = kind_means(train["loss"], kinds, "train") | kind_means(test["loss"], kinds, "test")
+    eta = elapsed / max(done, 1) * (steps.total - s)
+    return (
+        f"epoch {steps.epoch(s)}/{epochs}  step {s}/{steps.total}  "
+        + "  ".join(f"{k} {v}" for k, v in losses.items())
+        + ("" if subset is None else f" (test: first {subset} examples)")
+        + f"  {speed:,.0f} member-examples/s  elapsed {format_seconds(elapsed)}"
+        + f"  ETA {format_seconds(eta)}"
+    )
+
+
+def run(prog: Program, tcfg: TrainConfig, run: str, **kwargs) -> dict:
+    """Train ``prog``; returns the result dict of ``train`` (see there)."""
+    return train(prog, tcfg, run, **kwargs)[0]
+
+
+def train(
     prog: Program,
     tcfg: TrainConfig,
     run: str,
@@ -340,11 +497,11 @@ def run(
     progress: bool | None = None,
     drop_nonfinite=False,
     stopwatch: Stopwatch | None = None,
-) -> dict:
-    """Train ``prog`` for ``tcfg.epochs`` epochs; returns final metrics and timings.
+) -> tuple[dict, tuple]:
+    """Train ``prog`` for ``tcfg.epochs`` epochs.
 
     Args:
-        prog: one model (``step.single_program``) or a sweep (``sweep.sweep_program``).
+        prog: the members to train (``sweep.sweep_program``; one model is a sweep of one).
         tcfg: the training config (its ``dataset`` is ignored when ``data`` is given).
         run: run name: checkpoints in ``models_dir/run``, summaries in ``runs_dir/run``.
         data: ``(train_x, test_x)`` uint8 arrays (N, F) to train on instead of loading
@@ -356,68 +513,161 @@ def run(
         stopwatch: where the phases' seconds add up (a new one when None); they are
             returned in ``timing["phases"]``.
     Returns:
-        dict with ``members``, ``steps``, ``test`` and ``train`` metrics (lists over
-        members), ``timing``, ``dropped``, ``checkpoint`` and ``logs`` paths.
+        (result, state): the result dict (``members``, ``steps``, ``test`` and ``train``
+        metrics as lists over members, ``timing``, ``dropped``, ``checkpoint`` and
+        ``logs`` paths, ``env``) and the trained state (``prog``'s layout). ``prog``
+        itself is left as it was.
     """
-    # --- data first: bad input fails before anything is written ---
+    # --- set-up: data first, so bad input fails before anything is written ---------------
     check_run_name(run)
     sw = stopwatch or Stopwatch()
     with sw("data"):
         train_x, test_x = _data(tcfg, data)
+    ckpt_dir, log_dir, lock = _claim_run_dir(models_dir, runs_dir, run, resume, overwrite)
+    try:
+        with sw("init"):
+            ckpts = Checkpointer(ckpt_dir, max_to_keep=tcfg.max_to_keep)
+            resuming = resume and ckpts.latest_step() is not None
+            saved = ckpts.read_config() if resuming else {}
+            if resuming:
+                refuse_changes(saved, prog.config)
+            if saved.get("dropped") and not drop_nonfinite:
+                raise RunError(
+                    f"run {run!r} dropped diverged members ({', '.join(saved['dropped'])}); "
+                    "resume it with --drop-nonfinite"
+                )
+            env = environment()
+            record = {**prog.config, "run": run, "members": prog.names}
+            if hosts.is_primary():  # the run records itself before it trains
+                write_json(ckpt_dir / "config.json", {**record, "argv": sys.argv, "env": env})
+            # the caller's state stays valid whatever happens: the loop donates a copy
+            if resuming:
+                state = prog.from_saved(restore_state(ckpts, saved))
+            else:
+                state = jax.tree.map(lambda a: a.copy(), prog.state)
+            summaries = Summaries(log_dir, prog.names, prog.hparams, enabled=hosts.is_primary())
+        steps = Steps.of(train_x.shape[0], tcfg)
+        start = global_step(state)
+        last = saved.get("last_epoch", {})
+        if resuming and not last and start:  # checkpoints of older runs: read the logs
+            last = summaries.epoch_means(start - min(steps.per_epoch, start), start)
+        means = EpochMeans(last, saved.get("epoch_partial", {}))
+        dropped = dict(saved.get("dropped", {})) if drop_nonfinite else None
+        with sw("compile"):
+            compiled = Compiled(prog, tcfg, steps, state, train_x, test_x)
+        save = Saver(ckpts, prog, record, sw)
+        runlog = RunLog(ckpt_dir / "train.log")
+        kinds = [h["kind"] for h in prog.hparams]
+
+        # --- the loop: train a chunk, check, log; at an epoch's end evaluate, summarise
+        # and save; after every chunk, stop on a signal ----------------------------------
+        test = None  # metrics of the whole test set at the last evaluation
+        started, s = time.perf_counter(), start
+        bar = tqdm(total=steps.total, initial=s, disable=bar_disabled(progress), unit="step")
+        if s < steps.total:
+            runlog(
+                f"training {len(prog.names)} member(s): step {s}/{steps.total}, "
+                f"{steps.per_epoch} steps per epoch"
+            )
+        # pending saves always finish: a crash or a signal keeps the last good checkpoint
+        with ckpts, summaries, bar, _above(bar), _Signals() as signals:
+            for s, n in steps.chunks(start):
+                with sw("train"):
+                    state, metrics, finite = compiled.train(state, s, n)
+                for msg in check_finite(metrics, s, prog.names, dropped, params_finite=finite):
+                    runlog(msg, logging.WARNING)
+                means.add(metrics)
+                s += n
+                with sw("summaries"):
+                    summaries.scalars(s, {f"train/{k}": v.mean(0) for k, v in metrics.items()})
+                bar.update(n)
+                bar.set_postfix(epoch=steps.epoch(s), **kind_means(metrics["loss"], kinds))
+
+                if s % steps.per_epoch == 0:  # the epoch's end
+                    subset = tcfg.eval_examples if s < steps.total else None
+                    subset = subset if subset in compiled.tests else None
+                    with sw("epoch eval"):
+                        evals = compiled.evaluate(state, subset)
+                    test = evals if subset is None else test
+                    with sw("summaries"):
+                        summaries.scalars(s, {f"test/{k}": v for k, v in evals.items()})
+                        summaries.images(s, compiled.images(state))
+                    done, elapsed = s - start, time.perf_counter() - started
+                    speed = done * tcfg.batch_size / sw.seconds["train"] * len(prog.names)
+                    train_means = means.close()
+                    runlog(
+                        epoch_line(
+                            s,
+                            steps,
+                            tcfg.epochs,
+                            train_means,
+                            evals,
+                            kinds,
+                            speed,
+                            elapsed,
+                            done,
+                            subset,
+                        )  # fmt: skip
+                    )
+                    save(state, s, means, dropped)
+
+                # a signal that reached one process stops them all at the same step (the
+                # save is collective: one process saving alone would wait forever)
+                signum = hosts.agree_max(signals.signum or 0)
+                if signum:
+                    if save.step != s:
+                        save(state, s, means, dropped)
+                    runlog(f"stopped by signal {signum} at step {s}; checkpoint saved")
+                    raise Interrupted(signum, s)
+            with sw("checkpoints"):  # the last save's writes finish here
+                ckpts.wait()
+        if test is None:  # nothing ran: the run was already trained
+            with sw("epoch eval"):
+                test = compiled.evaluate(state)
+
+        # --- the result ----------------------------------------------------------------------
+        train_s = sw.seconds.get("train", 0.0)
+        speed = (s - start) * tcfg.batch_size / train_s if train_s else np.nan
+        result = {
+            "run": run,
+            "members": prog.names,
+            "steps": s,
+            "test": {k: v.tolist() for k, v in test.items()},
+            "train": {k: np.asarray(v).tolist() for k, v in means.last.items()},
+            "timing": {
+                "compile_s": sw.seconds["compile"],
+                "train_s": train_s,
+                "steps": s - start,
+                "examples_per_s": speed,
+                "member_examples_per_s": speed * len(prog.names),
+                "phases": dict(sw.seconds),
+            },
+            "dropped": dropped or {},
+            "checkpoint": str(ckpt_dir),
+            "logs": str(log_dir),
+            "env": env,
+        }
+        if hosts.is_primary():
+            write_json(ckpt_dir / "results.json", result)
+        hosts.barrier("jaxae-run-saved")  # every process sees the finished checkpoint
+        return result, state
+    finally:
+        lock.close()
+
+
+def _claim_run_dir(models_dir, runs_dir, run: str, resume: bool, overwrite: bool):
+    """(checkpoint dir, log dir, lock) of the run, checked and locked by process 0; every
+    process learns its answer, and all raise when it refused."""
     models_dir, runs_dir = Path(models_dir).resolve(), Path(runs_dir).resolve()
     refused = None
-    try:  # only process 0 checks the folder; every process learns its answer
-        ckpt_dir, log_dir, lock = prepare_run_dir(
-            models_dir, runs_dir, run, resume=resume, overwrite=overwrite
-        )
+    try:
+        out = prepare_run_dir(models_dir, runs_dir, run, resume=resume, overwrite=overwrite)
     except Exception as e:  # noqa: BLE001 - re-raised below, after telling the others
         refused = e
     if hosts.agree_max(refused is not None):
         raise refused or RunError(f"process 0 refused to start run {run!r} (its output says why)")
     hosts.barrier("jaxae-run-dir")
-    try:
-        with sw("init"):
-            mgr = Checkpointer(ckpt_dir, max_to_keep=tcfg.max_to_keep)
-            if resume and mgr.latest_step() is not None:
-                refuse_changes(mgr.read_config(), prog.config)
-            env = environment()
-            if hosts.is_primary():  # the run records itself before it trains
-                record = {**prog.config, "run": run, "members": prog.names}
-                write_json(ckpt_dir / "config.json", {**record, "argv": sys.argv, "env": env})
-            # the caller's state stays valid whatever happens: the loop donates a copy
-            state, saved = _start(prog, mgr, resume)
-            last_epoch = saved.get("last_epoch", {})
-            config = {**prog.config, "run": run, "members": prog.names}
-            summaries = Summaries(log_dir, prog.names, prog.hparams, enabled=hosts.is_primary())
-            s = global_step(state)
-            spe = train_x.shape[0] // tcfg.batch_size
-            if resume and not last_epoch and s:  # checkpoints of older runs: read the logs
-                last_epoch = summaries.epoch_means(s - min(spe, s), s)
-        runlog = RunLog(ckpt_dir / "train.log")
-        loop = _Loop(prog, tcfg, train_x, test_x, mgr, summaries, config, sw, runlog)
-        loop.last_epoch = last_epoch
-        loop.dropped = dict(saved.get("dropped", {})) if drop_nonfinite else None
-        if saved.get("dropped") and not drop_nonfinite:
-            raise RunError(
-                f"run {run!r} dropped diverged members ({', '.join(saved['dropped'])}); "
-                "resume it with --drop-nonfinite"
-            )
-        partial = saved.get("epoch_partial", {})
-        if partial.get("steps"):  # stopped in the middle of an epoch: its sums so far
-            loop.n = int(partial["steps"])
-            loop.sums = {k: np.asarray(v, np.float32) for k, v in partial["sums"].items()}
-        with sw("compile"):
-            compile_s = loop.compile(state)
-        state = loop.train(state, progress)
-        prog.state = state
-        result = {**loop.result(run, ckpt_dir, log_dir, compile_s), "env": env}
-        result["timing"]["phases"] = dict(sw.seconds)
-        if hosts.is_primary():
-            write_json(ckpt_dir / "results.json", result)
-        hosts.barrier("jaxae-run-saved")  # every process sees the finished checkpoint
-        return result
-    finally:
-        lock.close()
+    return out
 
 
 def _data(tcfg: TrainConfig, data) -> tuple:
@@ -430,225 +680,6 @@ def _data(tcfg: TrainConfig, data) -> tuple:
     if tcfg.batch_size > n:
         raise RunError(f"batch size {tcfg.batch_size} is larger than the dataset ({n} examples)")
     return hosts.replicate(train_x), test_x
-
-
-def _start(prog: Program, mgr: Checkpointer, resume: bool) -> tuple:
-    """(state, bookkeeping): a copy of the fresh state (the loop donates its buffers), or
-    the state restored from the latest checkpoint with the bookkeeping its config holds:
-    ``last_epoch`` (the last finished epoch's train means), ``dropped`` members and
-    ``epoch_partial`` (the unfinished epoch's sums so far)."""
-    if not (resume and mgr.latest_step() is not None):
-        return jax.tree.map(lambda a: a.copy(), prog.state), {}
-    state = prog.from_saved(mgr.restore(replicated(jax.eval_shape(prog.to_saved, prog.state))))
-    saved = mgr.read_config()
-    out = {k: saved[k] for k in ("dropped", "epoch_partial") if k in saved}
-    out["last_epoch"] = {k: np.asarray(v) for k, v in saved.get("last_epoch", {}).items()}
-    return state, out
-
-
-class _Loop:
-    """One run's epoch loop: compiled functions, running means and the save policy."""
-
-    def __init__(self, prog, tcfg, train_x, test_x, mgr, summaries, config, sw, runlog):
-        self.prog, self.tcfg, self.mgr, self.summaries = prog, tcfg, mgr, summaries
-        self.sw, self.runlog = sw, runlog
-        self.kinds = [h.get("kind", "") for h in prog.hparams] or [""] * len(prog.names)
-        self.started, self.first_step = time.perf_counter(), 0  # set when training starts
-        self.train_x, self.test_x, self.config = train_x, test_x, config
-        self.spe = train_x.shape[0] // tcfg.batch_size
-        self.total = self.spe * tcfg.epochs
-        self.c = chunk_size(self.spe, tcfg.chunk)
-        self.dk = data_keys(tcfg.data_seed)
-        self.batches = jit_epoch_batches(train_x.shape[0], tcfg.batch_size)
-        self.train_s, self.steps_run, self.evals = 0.0, 0, None
-        self.sums, self.n, self.epoch_idx = {}, 0, None
-
-    def compile(self, state) -> float:
-        """Compile the chunk, evaluation and image functions once; returns seconds."""
-        t0 = time.perf_counter()
-        steps = make_chunk(
-            self.prog.step,
-            binarize_key=self.dk["binarize"],
-            schedule=self.tcfg.schedule,
-            total=self.total,
-        )
-        finite = all_finite_members(self.prog)
-
-        def chunk(state, h, images, idx, s0):
-            # the parameters after the chunk's last update are checked too: a loss is
-            # computed before its update, so a finite last loss can hide NaN parameters
-            state, m = steps(state, h, images, idx, s0)
-            return state, m, finite(state)
-
-        self.chunk = jax.jit(chunk, donate_argnums=0)
-        self.compiled = {}
-        self.chunk_fn(self.c, state)
-        h, n = self.prog.hyper, self.tcfg.eval_examples
-        evaluate = jax.jit(self.prog.evaluate)
-        self.evaluate = {None: evaluate.lower(state, h, hosts.replicate(self.test_x)).compile()}
-        if 0 < n < self.test_x.shape[0]:  # the epochs before the last: the first n examples
-            self.evaluate[n] = evaluate.lower(state, h, hosts.replicate(self.test_x[:n])).compile()
-        x = hosts.replicate(self.test_x[:32])
-        self.images = jax.jit(self.prog.images).lower(state, h, x).compile()
-        return time.perf_counter() - t0
-
-    def chunk_fn(self, n: int, state):
-        """The chunk of n steps, compiled on first use: a run resumed in the middle of an
-        epoch with another ``--chunk`` ends that epoch with a shorter chunk."""
-        if n not in self.compiled:
-            idx0 = hosts.replicate(np.zeros((n, self.tcfg.batch_size), np.int32))
-            args = (state, self.prog.hyper, self.train_x, idx0, hosts.replicate(np.int32(0)))
-            self.compiled[n] = self.chunk.lower(*args).compile()
-        return self.compiled[n]
-
-    def train(self, state, progress: bool | None):
-        """Run chunks until the last step; save each epoch and on a signal."""
-        s = saved = self.first_step = global_step(state)
-        self.started = time.perf_counter()
-        bar = tqdm(total=self.total, initial=s, disable=bar_disabled(progress), unit="step")
-        if s < self.total:
-            self.runlog(
-                f"training {len(self.prog.names)} member(s): step {s}/{self.total}, "
-                f"{self.spe} steps per epoch"
-            )
-        # Pending saves always finish: a crash or a signal keeps the last good checkpoint.
-        with self.mgr, self.summaries, bar, _above(bar), _Signals() as sig:
-            while s < self.total:
-                state, m, n = self.run_chunk(state, s)
-                s += n
-                bar.update(n)
-                bar.set_postfix(epoch=-(-s // self.spe), **kind_means(m["loss"], self.kinds))
-                if s % self.spe == 0 or s == self.total:
-                    self.end_epoch(state, s, last=s == self.total)
-                    saved = s
-                # a signal that reached one process stops them all at the same step (the
-                # save is collective: one process saving alone would wait forever)
-                signum = hosts.agree_max(sig.signum or 0)
-                if signum:
-                    if saved != s:
-                        self.save(state, s)
-                    self.runlog(f"stopped by signal {signum} at step {s}; checkpoint saved")
-                    raise Interrupted(signum, s)
-            if saved != s:
-                self.save(state, s)
-            with self.sw("checkpoints"):  # the last save's writes finish here
-                self.mgr.wait()
-        if self.evals is None:
-            with self.sw("epoch eval"):
-                self.evals = self.run_evaluate(state)
-        self.steps = s
-        return state
-
-    def run_chunk(self, state, s: int):
-        """Up to ``self.c`` steps from global step s, never past the epoch's end: train,
-        check, log; returns (state, metrics, steps run)."""
-        e, j = divmod(s, self.spe)
-        if j == 0 or self.epoch_idx is None:
-            self.epoch_idx = self.batches(self.dk["perm"], e)
-        n = min(self.c, self.spe - j)
-        chunk = self.chunk_fn(n, state)
-        t = time.perf_counter()
-        idx = hosts.replicate(np.asarray(self.epoch_idx[j : j + n]))
-        state, m, finite = chunk(
-            state, self.prog.hyper, self.train_x, idx, hosts.replicate(np.int32(s))
-        )
-        m, finite = hosts.to_host((m, finite))
-        m, finite = self.prog.gather(m, 1), self.prog.gather(finite)
-        m = {k: v.reshape(n, -1) for k, v in m.items()}
-        dt = time.perf_counter() - t
-        self.train_s += dt
-        self.sw.seconds["train"] = self.sw.seconds.get("train", 0.0) + dt
-        for msg in check_finite(m, s, self.prog.names, self.dropped, params_finite=finite):
-            self.runlog(msg, logging.WARNING)
-        self.steps_run += n
-        for k, v in m.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.sum(0)
-        self.n += n
-        with self.sw("summaries"):
-            self.summaries.scalars(s + n, {f"train/{k}": v.mean(0) for k, v in m.items()})
-        return state, m, n
-
-    def end_epoch(self, state, s: int, last: bool) -> None:
-        """Train means, test metrics, image grids and a checkpoint at the epoch's end.
-
-        Before the last epoch the test metrics may come from the first ``eval_examples``
-        test examples (``self.evals`` is then left as it was: results use all of them).
-        """
-        self.last_epoch = {k: v / self.n for k, v in self.sums.items()}
-        self.sums, self.n = {}, 0
-        n = self.tcfg.eval_examples
-        n = None if last or n not in self.evaluate else n
-        with self.sw("epoch eval"):
-            evals = self.run_evaluate(state, n)
-        if n is None:
-            self.evals = evals
-        with self.sw("summaries"):
-            self.summaries.scalars(s, {f"test/{k}": v for k, v in evals.items()})
-            x = hosts.replicate(self.test_x[:32])
-            images = hosts.to_host(self.images(state, self.prog.hyper, x))
-            self.prog.last_images = self.prog.gather(images)
-            self.summaries.images(s, self.prog.last_images)
-        self.config["last_epoch"] = {k: v.tolist() for k, v in self.last_epoch.items()}
-        self.runlog(self.epoch_line(s, evals, n))
-        self.save(state, s)
-
-    def epoch_line(self, s: int, evals: dict, n: int | None) -> str:
-        """One progress line: epoch, step, train and test loss per model kind, speed,
-        elapsed time and the estimated time to the end of training."""
-        train = kind_means(self.last_epoch["loss"], self.kinds, "train")
-        test = kind_means(evals["loss"], self.kinds, "test")
-        losses = "  ".join(f"{k} {v}" for k, v in {**train, **test}.items())
-        done = s - self.first_step
-        elapsed = time.perf_counter() - self.started
-        speed = self.examples_per_s() * len(self.prog.names)
-        eta = elapsed / max(done, 1) * (self.total - s)
-        subset = "" if n is None else f" (test: first {n} examples)"
-        return (
-            f"epoch {-(-s // self.spe)}/{self.tcfg.epochs}  step {s}/{self.total}  {losses}"
-            f"{subset}  {speed:,.0f} member-examples/s  elapsed {format_seconds(elapsed)}"
-            f"  ETA {format_seconds(eta)}"
-        )
-
-    def save(self, state, s: int) -> None:
-        # the bookkeeping a resumed run needs travels in the checkpoint's config
-        self.config["dropped"] = dict(self.dropped or {})
-        self.config["epoch_partial"] = {
-            "steps": self.n,
-            "sums": {k: np.asarray(v).tolist() for k, v in self.sums.items()},
-        }
-        with self.sw("checkpoints"):
-            self.mgr.save(s, self.prog.to_saved(state), self.config)
-
-    def run_evaluate(self, state, n: int | None = None) -> dict:
-        """Test metrics of every member on the whole test set, or on its first n examples."""
-        out = self.evaluate[n](state, self.prog.hyper, hosts.replicate(self.test_x[:n]))
-        out = self.prog.gather(hosts.to_host(out))
-        return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in out.items()}
-
-    def examples_per_s(self) -> float:
-        """Training examples per second so far (each seen by every member)."""
-        return self.steps_run * self.tcfg.batch_size / self.train_s if self.train_s else np.nan
-
-    def result(self, run: str, ckpt_dir, log_dir, compile_s: float) -> dict:
-        speed = self.examples_per_s()
-        timing = {
-            "compile_s": compile_s,
-            "train_s": self.train_s,
-            "steps": self.steps_run,
-            "examples_per_s": speed,
-            "member_examples_per_s": speed * len(self.prog.names),
-        }
-        return {
-            "run": run,
-            "members": self.prog.names,
-            "steps": self.steps,
-            "test": {k: v.tolist() for k, v in self.evals.items()},
-            "train": {k: v.tolist() for k, v in self.last_epoch.items()},
-            "timing": timing,
-            "dropped": self.dropped or {},
-            "checkpoint": str(ckpt_dir),
-            "logs": str(log_dir),
-        }
 
 
 def _above(bar):
@@ -678,7 +709,7 @@ def kind_means(loss, kinds: list[str], label: str = "loss") -> dict:
 
 
 def global_step(state) -> int:
-    """The step counter of a state: a model's ``step`` or the shared one of stacked members."""
+    """The step counter of a state: the one all stacked members share."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         if getattr(path[-1], "key", None) == "step":
             return int(hosts.to_host(leaf).reshape(-1)[0])
@@ -689,21 +720,24 @@ def global_step(state) -> int:
 
 
 def fit(cfg: ModelConfig, tcfg: TrainConfig, name: str, **kwargs) -> dict:
-    """Train one model; checkpoints in ``models/<run>``, summaries in ``runs/<run>``.
+    """Train one model (a sweep of one, seed ``tcfg.seed``); checkpoints in
+    ``models/<run>``, summaries in ``runs/<run>``.
 
-    Keyword arguments go to ``run`` (``data=``, ``models_dir=``, ``resume=``, ...).
+    Keyword arguments go to ``train`` (``data=``, ``models_dir=``, ``resume=``, ...).
     Returns:
-        the runner's result dict (test metrics, timings, paths).
+        the result dict (test metrics, timings, paths).
     """
-    sw = kwargs.setdefault("stopwatch", Stopwatch())
-    with sw("init"):
-        prog = single_program(cfg, tcfg)
-    return run(prog, tcfg, name, **kwargs)
+    return fit_sweep(SweepConfig((Member(cfg, tcfg.seed),), tcfg), name, **kwargs)[0]
 
 
 def fit_sweep(sweep: SweepConfig, name: str, **kwargs) -> tuple[dict, Program]:
-    """Train every member of ``sweep`` as one compiled program; returns (result, program)."""
+    """Train every member of ``sweep`` as one compiled program.
+
+    Returns:
+        (result, program): the result dict and the Program holding the trained state.
+    """
     sw = kwargs.setdefault("stopwatch", Stopwatch())
     with sw("init"):
         prog = sweep_program(sweep)
-    return run(prog, sweep.train, name, **kwargs), prog
+    result, state = train(prog, sweep.train, name, **kwargs)
+    return result, dataclasses.replace(prog, state=state)

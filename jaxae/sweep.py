@@ -1,8 +1,9 @@
-"""Many models as one compiled program: stacked members under ``jax.vmap``.
+"""What the runner trains: every model as a member of a sweep, stacked under ``jax.vmap``.
 
-Members with the same structure (``config.structure``: every model field except the
-padded and hyperparameter axes) form a group. Within a group
-every member is padded to the group's largest latent size D and carries a 0/1 mask; it is
+One model is a sweep of one member: there is one ``Program``, one loop and one
+checkpoint layout. Members with the same structure (``config.structure``: every model
+field except the padded and hyperparameter axes) form a group. Within a group every
+member is padded to the group's largest latent size D and carries a 0/1 mask; it is
 initialised at its true size k and zero-padded, so it trains exactly like a standalone
 latent-k model (masked weights get zero gradients, and Adam leaves them at zero). All
 groups advance inside the same scanned step on the same batches.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,28 +21,45 @@ import numpy as np
 
 from jaxae import hosts
 from jaxae.config import (
+    HYPER,
     PADDED,
     Member,
     ModelConfig,
     SweepConfig,
+    TrainConfig,
     hparams,
     structure,
+    sweep_from_dict,
     to_dict,
 )
-from jaxae.models import Model, init_params
-from jaxae.step import (
-    Program,
-    all_finite,
-    host_device,
-    init_state,
-    make_evaluate,
-    make_optimizer,
-    model_hyper,
-    model_images,
-    model_keys,
-    model_step,
-    test_arrays,
-)
+from jaxae.evaluation import make_evaluate, model_images, test_arrays
+from jaxae.keys import model_keys
+from jaxae.models import Model, init_params, latent_mask
+from jaxae.step import all_finite, init_state, make_optimizer, model_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """What ``jaxae.runner.run`` trains: the members' stacked state, one group per
+    structure, seen through pure functions.
+
+    ``step``, ``evaluate``, ``images`` and ``finite`` return one output per group, padding
+    rows included; ``gather`` puts the real members' rows in sweep order on the host.
+    """
+
+    names: list[str]
+    state: tuple  # one stacked state per group (padded to a multiple of the devices)
+    hyper: tuple  # one stacked dict of per-member arrays per group (``model_hyper``)
+    step: Callable  # step(state, h, x, s, bkey) -> (state, metrics)
+    evaluate: Callable  # evaluate(state, h, test_uint8) -> {name: (M,)} per group
+    images: Callable  # images(state, h, x_test_uint8) -> {name: (M, n, H, W, C)} per group
+    finite: Callable  # finite(state) -> (M,) bools per group: every parameter finite
+    gather: Callable  # gather(outputs on the host, axis) -> the real members, sweep order
+    to_saved: Callable  # the state as checkpoints hold it: real members only
+    from_saved: Callable  # and back, padded and sharded over the devices
+    config: dict  # {"type": "sweep", "sweep": SweepConfig as a dict}
+    # one {name: value} per member for TensorBoard's HParams dashboard (config.hparams)
+    hparams: list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +116,43 @@ def stack(trees):
 def unstack(tree, i: int):
     """Member i of a stacked pytree."""
     return jax.tree.map(lambda a: a[i], tree)
+
+
+def host_device():
+    """The host CPU device, or None where JAX runs without one (``JAX_PLATFORMS=cuda``).
+
+    Initial states are computed there and then moved: an eager flax init compiles each
+    initialiser op by op, which is cheap on the CPU and slow on an accelerator, and every
+    platform then starts from the same numbers.
+    """
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return None
+
+
+def model_hyper(
+    cfg: ModelConfig, seed: int, latent: int | None = None, tcfg: TrainConfig | None = None
+) -> dict:
+    """Per-model arrays the traced functions read: the hyperparameter axes (``HYPER``,
+    e.g. beta), the latent mask (for a model padded to ``latent`` dims) and the train, eval
+    and sample keys of the model's seed."""
+    keys = model_keys(seed)
+    return {
+        **{name: jnp.float32(_hyper_value(cfg, name, tcfg)) for name in HYPER},
+        "mask": latent_mask(cfg.latent, cfg.latent if latent is None else latent),
+        "key": keys["train"],
+        "eval_key": keys["eval"],
+        "sample_key": keys["sample"],
+    }
+
+
+def _hyper_value(cfg: ModelConfig, name: str, tcfg: TrainConfig | None):
+    """A hyperparameter's value; a model's ``lr`` of None is the training config's."""
+    v = getattr(cfg, name)
+    if v is None and name == "lr":
+        return (tcfg or TrainConfig()).lr
+    return v
 
 
 def init_member(m: Member, group_cfg: ModelConfig, tx) -> dict:
@@ -177,6 +233,25 @@ def per_device(f, sharded: tuple[bool, ...]):
     )
 
 
+def group_hyper(members, rows, latent: int, tcfg: TrainConfig) -> dict:
+    """The per-member arrays (``model_hyper``) of ``members[i]`` for i in ``rows``, stacked,
+    for a group padded to ``latent`` dims."""
+    return stack([model_hyper(members[i].model, members[i].seed, latent, tcfg) for i in rows])
+
+
+def members_evaluate(model: Model, tcfg: TrainConfig) -> Callable:
+    """``evaluate(params, h, test)``: the test metrics {name: (G,)} of G stacked members of
+    one group on the uint8 test images (N, F), as the training loop reports them (each
+    member's own eval key and beta; ``jaxae.evaluation.make_evaluate``)."""
+    one = make_evaluate(model)
+
+    def evaluate(params, h, test):
+        x, xt, w, n = test_arrays(test, tcfg, model.cfg.likelihood, tcfg.eval_batch)
+        return jax.vmap(lambda p, hh: one(p, hh, x, xt, w, hh["eval_key"], n=n))(params, h)
+
+    return evaluate
+
+
 def sweep_shapes(sweep: SweepConfig) -> tuple:
     """Shapes and dtypes of a sweep's saved state (one stacked state per group, real
     members only), without initialising anything."""
@@ -190,7 +265,7 @@ def sweep_shapes(sweep: SweepConfig) -> tuple:
 
 
 def sweep_program(sweep: SweepConfig):
-    """A runner Program training every member of the sweep in one scanned step.
+    """The Program training every member of the sweep in one scanned step.
 
     Each group is padded to a multiple of the device count with inert copies of its
     first member (``padded_size``), so the member axis is always sharded over every
@@ -207,9 +282,7 @@ def sweep_program(sweep: SweepConfig):
     state, hyper = [], []
     for g, r in zip(groups, rows, strict=True):
         state.append(stack([init_member(members[i], g.cfg, tx) for i in r]))
-        hyper.append(
-            stack([model_hyper(members[i].model, members[i].seed, g.cfg.latent, tcfg) for i in r])
-        )
+        hyper.append(group_hyper(members, r, g.cfg.latent, tcfg))
     state, hyper = tuple(state), tuple(hyper)
     # rows of the concatenated (padded, group-major) outputs that hold the real members,
     # in sweep order
@@ -224,7 +297,7 @@ def sweep_program(sweep: SweepConfig):
 
     step_args = (True, True, False, False, False)  # which arguments carry the member axis
     steps = [over_members(model_step(m, tx, binarize=tcfg.binarize), step_args) for m in models]
-    evals = [make_evaluate(m) for m in models]
+    evals = [per_device(members_evaluate(m, tcfg), (True, True, False)) for m in models]
     imgs = [over_members(model_images(m), (True, True, False)) for m in models]
     finite_one = over_members(all_finite, (True,))
 
@@ -235,12 +308,7 @@ def sweep_program(sweep: SweepConfig):
         return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
 
     def evaluate(state, h, test):
-        res = []
-        for f, g, st, hh in zip(evals, groups, state, h, strict=True):
-            x, xt, w, n = test_arrays(test, tcfg, g.cfg.likelihood, tcfg.eval_batch)
-            one = over_members(functools.partial(f, n=n), (True, True, False, False, False, True))
-            res.append(one(st["params"], hh, x, xt, w, hh["eval_key"]))
-        return tuple(res)
+        return tuple(f(st["params"], hh, test) for f, st, hh in zip(evals, state, h, strict=True))
 
     def images(state, h, x):
         return tuple(f(st["params"], hh, x) for f, st, hh in zip(imgs, state, h, strict=True))
@@ -267,13 +335,53 @@ def sweep_program(sweep: SweepConfig):
         step=step,
         evaluate=evaluate,
         images=images,
-        config={"type": "sweep", "sweep": to_dict(sweep)},
-        hparams=[hparams(m, tcfg) for m in members],
-        to_saved=to_saved,
-        from_saved=from_saved,
         finite=finite,
         gather=gather,
+        to_saved=to_saved,
+        from_saved=from_saved,
+        config={"type": "sweep", "sweep": to_dict(sweep)},
+        hparams=[hparams(m, tcfg) for m in members],
     )
+
+
+def single_program(cfg: ModelConfig, tcfg: TrainConfig) -> Program:
+    """The Program of one model: a sweep of one member, whose seed is ``tcfg.seed``."""
+    return sweep_program(SweepConfig((Member(cfg, tcfg.seed),), tcfg))
+
+
+# --- saved runs --------------------------------------------------------------------------
+
+
+def sweep_dict(config: dict) -> dict:
+    """The sweep (a ``SweepConfig`` dict) of a saved run's config.
+
+    Runs of one model written by earlier versions of jaxae have ``"type": "model"`` (a
+    ModelConfig and a TrainConfig, whose ``seed`` is the model's): a sweep of one member.
+    """
+    if config.get("type") == "model":
+        train = config["train"]
+        return {
+            "members": [{"model": config["model"], "seed": train.get("seed", 0)}],
+            "train": train,
+        }
+    return config["sweep"]
+
+
+def restore_state(ckpts, config: dict, step: int | None = None) -> tuple:
+    """The state saved at ``step`` (default: the latest) by ``ckpts`` (a
+    ``checkpoint.Checkpointer``) as one stacked state per group, real members only,
+    replicated on every device.
+
+    A run of the earlier one-model layout (an unstacked state) becomes one group of one
+    member.
+    """
+    sweep = sweep_from_dict(sweep_dict(config))
+    if config.get("type") == "model":
+        cfg, tx = sweep.members[0].model, make_optimizer(sweep.train)
+        one = jax.eval_shape(lambda: init_state(cfg, tx, jax.random.key(0)))
+        state = ckpts.restore(replicated(one), step)
+        return (jax.tree.map(lambda a: a[None], state),)
+    return ckpts.restore(replicated(sweep_shapes(sweep)), step)
 
 
 @functools.lru_cache(maxsize=256)

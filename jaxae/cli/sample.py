@@ -57,7 +57,7 @@ def _main(args) -> int:
         return fail(f"output folder {out.parent} does not exist")
     run = load(args.ckpt, args.step)
     picked = range(len(run.members))
-    if args.member is not None or run.layout == "single":
+    if args.member is not None or len(run.members) == 1:
         picked = [run.member_index(args.member)]
     try:
         panels = [_panel(args, run, i) for i in picked]
