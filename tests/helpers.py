@@ -45,3 +45,29 @@ def embed(small, big):
     import jax
 
     return jax.tree.map(lambda b, s: b.at[tuple(slice(0, n) for n in s.shape)].set(s), big, small)
+
+
+def one_model(cfg: ModelConfig, tcfg: TrainConfig):
+    """One unstacked model's ``state``, ``hyper`` and ``step`` (what a sweep stacks and
+    vmaps), from the library's pieces and the seed ``tcfg.seed``."""
+    from types import SimpleNamespace
+
+    from jaxae.keys import model_keys
+    from jaxae.models import Model
+    from jaxae.step import init_state, make_optimizer, model_step
+    from jaxae.sweep import model_hyper
+
+    tx = make_optimizer(tcfg)
+    return SimpleNamespace(
+        state=init_state(cfg, tx, model_keys(tcfg.seed)["init"]),
+        hyper=model_hyper(cfg, tcfg.seed, tcfg=tcfg),
+        step=model_step(Model(cfg), tx, binarize=tcfg.binarize),
+    )
+
+
+def only_member(state):
+    """The state of the one member of a one-model Program (one group of one)."""
+    import jax
+
+    (group,) = state
+    return jax.tree.map(lambda a: a[0], group)

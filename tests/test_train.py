@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import jax
@@ -5,19 +6,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import tiny_model, tiny_train
+from helpers import one_model, only_member, tiny_model, tiny_train
 
+from jaxae import evaluation, keys, sweep
 from jaxae import step as train
+from jaxae.config import Member, SweepConfig
 from jaxae.models import latent_noise
-from jaxae.runner import run
+from jaxae.runner import fit_sweep, run
 from jaxae.summary import read_scalars
 
 
 def _fit(tmp_path, cfg, tcfg, run_name="r", **kw):
-    prog = train.single_program(cfg, tcfg)
-    res = run(
-        prog,
-        tcfg,
+    """Train one model; returns (the Program holding the trained state, the result)."""
+    res, prog = fit_sweep(
+        SweepConfig((Member(cfg, tcfg.seed),), tcfg),
         run_name,
         models_dir=tmp_path / "models",
         runs_dir=tmp_path / "runs",
@@ -90,8 +92,8 @@ def numpy_adam_first_step(p, g, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
 def test_first_two_steps_match_an_independent_numpy_computation():
     cfg, tcfg = tiny_model(latent=4), tiny_train()
     model, tx = train.Model(cfg), train.make_optimizer(tcfg)
-    state = train.init_state(cfg, tx, train.model_keys(0)["init"])
-    h = train.model_hyper(cfg, 0)
+    state = train.init_state(cfg, tx, keys.model_keys(0)["init"])
+    h = sweep.model_hyper(cfg, 0)
     x = jnp.linspace(0, 1, 2 * 784).reshape(2, 784)
     step = jax.jit(train.model_step(model, tx, binarize=True))
     bkeys = [jax.random.key(1), jax.random.key(2)]
@@ -128,7 +130,7 @@ def test_fit_learns_and_logs(tmp_path):
 
 def test_no_recompile_across_epochs(tmp_path):
     cfg, tcfg = tiny_model(), tiny_train(epochs=3)
-    prog = train.single_program(cfg, tcfg)
+    prog = sweep.single_program(cfg, tcfg)
     traces = {"step": 0, "evaluate": 0}
 
     def counted(name, f):
@@ -138,8 +140,9 @@ def test_no_recompile_across_epochs(tmp_path):
 
         return g
 
-    prog.step = counted("step", prog.step)
-    prog.evaluate = counted("evaluate", prog.evaluate)
+    prog = dataclasses.replace(
+        prog, step=counted("step", prog.step), evaluate=counted("evaluate", prog.evaluate)
+    )
     run(prog, tcfg, "r", models_dir=tmp_path / "m", runs_dir=tmp_path / "r", progress=False)
     assert traces == {"step": 1, "evaluate": 1}  # 6 chunks and 3 evaluations, traced once
 
@@ -170,9 +173,9 @@ def test_keys_never_collide():
     owner = {}  # key data -> what it is for
     for seed in range(4):
         for data_seed in range(4):
-            keys = {**train.model_keys(seed), **train.data_keys(data_seed)}
-            for name, k in keys.items():
-                who = (name, seed) if name in train.model_keys(0) else (name, data_seed)
+            both = {**keys.model_keys(seed), **keys.data_keys(data_seed)}
+            for name, k in both.items():
+                who = (name, seed) if name in keys.model_keys(0) else (name, data_seed)
                 who = ("test",) if name == "test" else who  # fixed for every run by design
                 owner.setdefault(tuple(np.asarray(jax.random.key_data(k)).ravel()), set()).add(who)
     assert all(len(v) == 1 for v in owner.values()), [v for v in owner.values() if len(v) > 1]
@@ -180,7 +183,7 @@ def test_keys_never_collide():
 
 
 def test_data_order_changes_per_epoch_and_drops_the_last_partial_batch():
-    key = train.data_keys(0)["perm"]
+    key = keys.data_keys(0)["perm"]
     e0, e1 = (np.asarray(train.epoch_batches(key, e, 10, 3)) for e in (0, 1))
     assert e0.shape == e1.shape == (3, 3)  # 10 examples, batch 3: 3 steps, 1 left out
     for e in (e0, e1):
@@ -195,7 +198,7 @@ def test_binarization_is_fresh_per_step_and_fixed_for_the_test_set():
     def step(state, h, x, s, bkey):  # what model_step binarizes with, recorded
         return state, {"x": jax.random.bernoulli(bkey, x).astype(jnp.float32)}
 
-    chunk = jax.jit(train.make_chunk(step, binarize_key=train.data_keys(0)["binarize"]))
+    chunk = jax.jit(train.make_chunk(step, binarize_key=keys.data_keys(0)["binarize"]))
     images = jnp.full((4, 784), 128, jnp.uint8)  # the same grey rows at every step
     idx = jnp.zeros((3, 2), jnp.int32)
     _, m = chunk(jnp.zeros(()), {}, images, idx, jnp.int32(0))
@@ -204,7 +207,7 @@ def test_binarization_is_fresh_per_step_and_fixed_for_the_test_set():
     _, again = chunk(jnp.zeros(()), {}, images, idx[:1], jnp.int32(1))
     np.testing.assert_array_equal(np.asarray(again["x"])[0], seen[1])  # a function of the step
     x = jnp.full((5, 784), 0.5)
-    tests = [train.test_targets(x, tiny_train(data_seed=d), "bernoulli") for d in (0, 1, 0)]
+    tests = [evaluation.test_targets(x, tiny_train(data_seed=d), "bernoulli") for d in (0, 1, 0)]
     np.testing.assert_array_equal(tests[0], tests[1])  # fixed, whatever the data seed
     np.testing.assert_array_equal(tests[0], tests[2])
     assert set(np.unique(tests[0])) == {0.0, 1.0}
@@ -227,8 +230,8 @@ def test_epochs_before_the_last_can_evaluate_a_test_subset(tmp_path):
     assert [r["step"] for r in rows] == [10, 20]
     assert rows[0]["test/loss"] == pytest.approx(one["test"]["loss"][0], rel=1e-6)
     assert rows[1]["test/loss"] == pytest.approx(two["test"]["loss"][0], rel=1e-6)
-    full = jax.jit(prog.evaluate)(prog.state, prog.hyper, jnp.asarray(test_x))  # all 2500
-    assert two["test"]["loss"][0] == pytest.approx(float(full["loss"][0]), rel=1e-6)
+    full = prog.gather(jax.jit(prog.evaluate)(prog.state, prog.hyper, jnp.asarray(test_x)))
+    assert two["test"]["loss"][0] == pytest.approx(float(full["loss"][0]), rel=1e-6)  # all 2500
 
 
 def test_active_units_of_the_evaluation_match_numpy(tmp_path):
@@ -241,23 +244,25 @@ def test_active_units_of_the_evaluation_match_numpy(tmp_path):
     cfg = tiny_model(latent=6)
     train_x, test_x = load_images("mnist", "train")[:1280], load_images("mnist", "test")[:1001]
     prog, _ = _fit(tmp_path, cfg, tiny_train(epochs=1, lr=3e-3), data=(train_x, test_x))
-    xt = train.test_targets(jnp.asarray(test_x, jnp.float32) / 255.0, tiny_train(), "bernoulli")
+    xt = evaluation.test_targets(
+        jnp.asarray(test_x, jnp.float32) / 255.0, tiny_train(), "bernoulli"
+    )
 
     def variances(params):
         mean, _ = Model(cfg).apply(params, np.asarray(xt), method=Model.encode)
         return np.asarray(mean, np.float64).var(0)
 
     target = np.array([0.006, 0.014, 0.008, 0.012, 0.02, 0.0035])
-    scale = np.sqrt(target / variances(prog.state["params"]))
-    head = prog.state["params"]["params"]["encoder"]["mean"]
-    head = {
+    scale = np.sqrt(target / variances(only_member(prog.state)["params"]))
+    (group,) = jax.tree.map(lambda a: a, prog.state)
+    head = group["params"]["params"]["encoder"]["mean"]
+    head = {  # stacked leaves: (1, ..., latent)
         k: v * scale.astype(np.float32).reshape((1,) * (v.ndim - 1) + (-1,))
         for k, v in head.items()
     }
-    state = jax.tree.map(lambda a: a, prog.state)
-    state["params"]["params"]["encoder"]["mean"] = head
-    np.testing.assert_allclose(variances(state["params"]), target, rtol=1e-3)
-    out = jax.jit(prog.evaluate)(state, prog.hyper, jnp.asarray(test_x))
+    group["params"]["params"]["encoder"]["mean"] = head
+    np.testing.assert_allclose(variances(only_member((group,))["params"]), target, rtol=1e-3)
+    out = prog.gather(jax.jit(prog.evaluate)((group,), prog.hyper, jnp.asarray(test_x)))
     assert int(out["active_units"][0]) == 3
 
 
@@ -271,10 +276,10 @@ def test_kl_warmup_ramps_beta_linearly():
 def test_the_step_trains_with_the_warmed_up_kl_weight(warmup):
     cfg, tcfg = tiny_model(beta=2.0, warmup=warmup), tiny_train()
     model, tx = train.Model(cfg), train.make_optimizer(tcfg)
-    state = train.init_state(cfg, tx, train.model_keys(0)["init"])
+    state = train.init_state(cfg, tx, keys.model_keys(0)["init"])
     step = jax.jit(train.model_step(model, tx, binarize=True))
     x = jnp.linspace(0, 1, 2 * 784).reshape(2, 784)
-    _, m = step(state, train.model_hyper(cfg, 0), x, jnp.int32(1), jax.random.key(1))
+    _, m = step(state, sweep.model_hyper(cfg, 0), x, jnp.int32(1), jax.random.key(1))
     weight = 2.0 * (0.5 if warmup else 1.0)  # step 1 of a 4-step warm-up: half of beta
     assert float(m["loss"]) == pytest.approx(float(m["recon"] + weight * m["kl"]), rel=1e-6)
 
@@ -314,7 +319,7 @@ def test_a_models_learning_rate_is_the_one_it_trains_with(where):
     cfg, tcfg = tiny_model(lr=lr), tiny_train()
     if where == "run":
         cfg, tcfg = tiny_model(), tiny_train(lr=lr)
-    prog = train.single_program(cfg, tcfg)
+    prog = one_model(cfg, tcfg)
     images = jnp.asarray(load_images("mnist", "train")[:1280])
     idx = jax.random.permutation(jax.random.key(5), 1280).reshape(20, 64)
     bkey = jax.random.key(0)
@@ -336,7 +341,7 @@ def test_a_scheduled_run_is_optax_adam_with_the_optax_schedule(schedule):
 
     lr, total = 3e-3, 20
     cfg, tcfg = tiny_model(lr=lr), tiny_train()
-    prog = train.single_program(cfg, tcfg)
+    prog = one_model(cfg, tcfg)
     images = jnp.asarray(load_images("mnist", "train")[:1280])
     idx = jax.random.permutation(jax.random.key(5), 1280).reshape(total, 64)
     bkey = jax.random.key(0)
@@ -353,29 +358,11 @@ def test_a_scheduled_run_is_optax_adam_with_the_optax_schedule(schedule):
         assert np.abs(np.asarray(v) - np.asarray(c)).max() > 1e-4  # the schedule mattered
 
 
-def test_lr_schedules_match_optax():
-    steps = np.arange(0, 1001)
-    for total in (8, 37, 1000):
-        s = steps[steps <= total]
-        f = {k: np.asarray(train.lr_factor(k, jnp.asarray(s), total)) for k in ("cosine", "linear")}
-        want = {
-            "cosine": jax.vmap(optax.cosine_decay_schedule(1.0, total))(s),
-            "linear": jax.vmap(optax.linear_schedule(1.0, 0.0, total))(s),
-        }
-        for k in f:
-            np.testing.assert_allclose(f[k], np.asarray(want[k]), atol=2e-7, err_msg=f"{k} {total}")
-    f = [float(train.lr_factor(k, s, 8)) for k in ("constant",) for s in (0, 2, 4, 8)]
-    np.testing.assert_allclose(f, [1, 1, 1, 1])
-    np.testing.assert_allclose(
-        float(train.lr_factor("cosine", 2, 8)), 0.5 * (1 + np.cos(np.pi / 4))
-    )
-
-
 def test_a_schedule_scales_the_rate_the_step_reads():
     # under the linear schedule over 4 steps, step 2 trains at half the rate: the same update
     # as a constant-rate step whose member rate is halved
     cfg, tcfg = tiny_model(lr=2e-3), tiny_train()
-    prog = train.single_program(cfg, tcfg)
+    prog = one_model(cfg, tcfg)
     x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (256, 784)), jnp.uint8)
     idx = jnp.arange(128)[None]
     sched = jax.jit(
