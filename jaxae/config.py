@@ -1,8 +1,11 @@
 """Frozen, validated configuration dataclasses and the sweep axes, declared once.
 
-Every user-facing mistake in a config raises ``ConfigError`` with one line that says what
-is wrong; the CLIs turn it into an error message and a non-zero exit. The CLI flags take
-their defaults and their checks from here. No JAX: the CLIs read this before parsing.
+Every field of ``ModelConfig`` and ``TrainConfig`` carries its metadata (``option``): the
+check that converts and validates it, its help text, its command-line flag and whether
+a resumed run may change it. ``__post_init__`` applies the checks, and the CLI builds its
+flags from the same metadata, so a mistake reads the same in Python and on the command
+line: ``ConfigError`` with one line that names the field. No JAX: the CLIs read this
+before parsing.
 
 A sweep member is (structure, per-member hyperparameters, seed). ``AXES`` says which
 fields vary across members and in which role; grouping, stacking, member names, result
@@ -40,7 +43,9 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-# --- value checks shared by the dataclasses and the CLI flags --------------------------
+# --- value checks: the fields' validation and the CLI flags' argparse types --------------
+# Each converts a value (a Python value or a command-line string) or raises ConfigError
+# saying what the value must be; the caller puts the field's or the flag's name in front.
 
 
 def positive_int(v) -> int:
@@ -60,6 +65,16 @@ def non_negative_int(v) -> int:
     except (TypeError, ValueError):
         raise ConfigError(f"must be >= 0, got {v}") from None
     _check(i >= 0, f"must be >= 0, got {v}")
+    return i
+
+
+def integer(v) -> int:
+    """``v`` as an int (a seed), else ConfigError."""
+    try:
+        i = int(v)
+        _check(i == float(v), "")
+    except (TypeError, ValueError, ConfigError):
+        raise ConfigError(f"must be an integer, got {v}") from None
     return i
 
 
@@ -83,11 +98,113 @@ def positive_float(v) -> float:
     return f
 
 
-def _field_check(name: str, check, value):
+def text(v) -> str:
+    """``v`` as a non-empty str, else ConfigError."""
+    _check(isinstance(v, str) and v != "", f"must be a non-empty string, got {v!r}")
+    return v
+
+
+def boolean(v) -> bool:
+    """``v`` if it is True or False (0 and 1 too), else ConfigError."""
+    _check(isinstance(v, bool | int) and v in (0, 1), f"must be True or False, got {v!r}")
+    return bool(v)
+
+
+def one_of(choices):
+    """A check that accepts the members of ``choices``; a registry (a dict) is read at
+    each call, so entries added later are accepted."""
+
+    def check(v):
+        _check(v in choices, f"must be one of {tuple(choices)}, got {v!r}")
+        return v
+
+    return check
+
+
+def optional(check):
+    """A check that accepts None (the field's "not set") and whatever ``check`` accepts."""
+
+    def check_or_none(v):
+        return None if v is None else check(v)
+
+    check_or_none.__name__ = check.__name__
+    return check_or_none
+
+
+# --- field metadata -----------------------------------------------------------------------
+
+
+def option(
+    default,
+    *,
+    help: str,
+    check=None,
+    choices=None,
+    nargs: int | str | None = None,
+    flag: str | None = None,
+    cli: bool = True,
+    resumable: bool = False,
+    hparam: bool | str = False,
+):
+    """A config field with its metadata: the one description the dataclass's validation,
+    the CLI's flag, the resume comparison and the HParams record read.
+
+    Args:
+        default: the field's default.
+        help: what the field means (the flag's help text).
+        check: converts and validates one value (raises ConfigError); with ``nargs``,
+            one element of the field's tuple.
+        choices: the allowed values, when they are a closed set or a registry (then the
+            check is ``one_of(choices)`` and the flag offers them).
+        nargs: the field is a tuple: ``"*"`` any length, an int that many values.
+        flag: the command-line flag when it is not ``--field-name``; a ``--no-NAME`` flag
+            of a boolean field sets it to False.
+        cli: False when no command has a flag for the field.
+        resumable: a resumed run may change the field (its length, how steps are
+            chunked, evaluation and checkpoint bookkeeping); any other change is refused.
+        hparam: the field is recorded for TensorBoard's HParams dashboard, under its own
+            name (True) or under the name given.
+    """
+    metadata = {
+        "help": help,
+        "check": one_of(choices) if check is None else check,
+        "choices": choices,
+        "nargs": nargs,
+        "flag": flag,
+        "cli": cli,
+        "resumable": resumable,
+        "hparam": hparam,
+    }
+    return field(default=default, metadata=metadata)
+
+
+def flag_name(f: dataclasses.Field) -> str | None:
+    """The command-line flag of config field ``f`` (``--batch-size``), None if it has none."""
+    if not f.metadata["cli"]:
+        return None
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def check_field(f: dataclasses.Field, value):
+    """``value`` converted and validated by field ``f``'s check; ConfigError names the field."""
+    check, nargs = f.metadata["check"], f.metadata["nargs"]
     try:
-        return check(value)
+        if nargs is None:
+            return check(value)
+        try:
+            values = tuple(value)
+        except TypeError:
+            raise ConfigError(f"must be a sequence, got {value!r}") from None
+        _check(nargs == "*" or len(values) == nargs, f"must have {nargs} values, got {value}")
+        return tuple(check(v) for v in values)
     except ConfigError as e:
-        raise ConfigError(f"{name} {e}") from None
+        raise ConfigError(f"{f.name} {e}") from None
+
+
+def _validate(cfg) -> None:
+    """Replace every field of the frozen dataclass ``cfg`` by its checked value."""
+    for f in dataclasses.fields(cfg):
+        object.__setattr__(cfg, f.name, check_field(f, getattr(cfg, f.name)))
 
 
 # --- one model ----------------------------------------------------------------------------
@@ -95,44 +212,57 @@ def _field_check(name: str, check, value):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One model: an MLP autoencoder or VAE on flattened images.
+    """One model: an autoencoder or VAE on images (an MLP reads them flattened).
 
     ``hidden`` are the encoder's hidden widths (the decoder mirrors them); ``latent`` is the
     size of z; ``likelihood`` names an entry of ``jaxae.likelihoods.LIKELIHOODS``
-    (``bernoulli``: logits, binarized pixels, recon in nats; ``gaussian``: the seed's
-    squared error); ``beta`` weights the KL term (a hyperparameter: under a sweep it is
-    an array the step reads, not part of the model's structure).
+    (``bernoulli``: logits, binarized pixels, recon in nats; ``gaussian``: squared
+    error); ``beta`` weights the KL term (a hyperparameter: under a sweep it is an array
+    the step reads, not part of the model's structure).
     """
 
-    kind: str = "vae"
-    arch: str = "mlp"
-    hidden: tuple[int, ...] = (512, 256)
-    latent: int = 20
-    likelihood: str = "bernoulli"
-    beta: float = 1.0
-    image_shape: tuple[int, int, int] = (28, 28, 1)
-    # KL warm-up: the KL weight rises linearly from 0 to beta over this many steps (0: none)
-    warmup: int = 0
-    # this model's Adam learning rate; None: the training config's ``lr``
-    lr: float | None = None
+    kind: str = option("vae", choices=KINDS, help="model kind", hparam=True)
+    arch: str = option(
+        "mlp",
+        choices=ARCHS,
+        help="encoder/decoder: " + "; ".join(f"{k}: {v}" for k, v in ARCHS.items()),
+        hparam=True,
+    )
+    hidden: tuple[int, ...] = option(
+        (512, 256),
+        check=positive_int,
+        nargs="*",
+        help="encoder hidden widths (dense layers); the decoder mirrors them",
+        hparam=True,
+    )
+    latent: int = option(20, check=positive_int, help="latent size", hparam=True)
+    likelihood: str = option(
+        "bernoulli",
+        choices=LIKELIHOODS,
+        help="decoder likelihood (default: bernoulli for a VAE, gaussian, i.e. squared "
+        "error, for an AE)",
+        hparam=True,
+    )
+    beta: float = option(1.0, check=non_negative_float, help="weight of the KL term", hparam=True)
+    image_shape: tuple[int, int, int] = option(
+        (28, 28, 1), check=positive_int, nargs=3, cli=False, help="(height, width, channels)"
+    )
+    warmup: int = option(
+        0,
+        check=non_negative_int,
+        help="KL warm-up: beta rises linearly from 0 over this many steps (0: none)",
+        hparam=True,
+    )
+    lr: float | None = option(
+        None,
+        check=optional(positive_float),
+        cli=False,  # a sweep's --lrs axis sets it per member
+        help="this model's Adam learning rate (None: the training config's lr)",
+        hparam=True,
+    )
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
-        _check(self.kind in KINDS, f"kind must be one of {KINDS}, got {self.kind!r}")
-        _check(self.arch in ARCHS, f"arch must be one of {tuple(ARCHS)}, got {self.arch!r}")
-        _check(
-            self.likelihood in LIKELIHOODS,
-            f"likelihood must be one of {tuple(LIKELIHOODS)}, got {self.likelihood!r}",
-        )
-        for h in self.hidden:
-            _field_check("hidden widths", positive_int, h)
-        _field_check("latent", positive_int, self.latent)
-        _field_check("beta", non_negative_float, self.beta)
-        _field_check("warmup", non_negative_int, self.warmup)
-        if self.lr is not None:
-            _field_check("learning rate", positive_float, self.lr)
-        _check(len(self.image_shape) == 3, "image_shape must be (H, W, C)")
+        _validate(self)
         _check(
             self.arch != "conv" or all(n % 4 == 0 for n in self.image_shape[:2]),
             f"the conv architecture needs image sides divisible by 4, got {self.image_shape}",
@@ -153,7 +283,7 @@ class ModelConfig:
 
 
 def default_likelihood(kind: str) -> str:
-    """Bernoulli for a VAE (the benchmark setting), squared error for an AE (the seed's)."""
+    """Bernoulli for a VAE (the benchmark setting), squared error for an AE."""
     return "bernoulli" if kind == "vae" else "gaussian"
 
 
@@ -165,41 +295,69 @@ class TrainConfig:
     order and the dynamic binarization, which all members of a sweep share.
     """
 
-    dataset: str = "mnist"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    # the learning rate's decay over the run's steps: constant, cosine (to 0) or linear (to 0)
-    schedule: str = "constant"
-    seed: int = 0
-    data_seed: int = 0
-    binarize: bool = True
-    chunk: int = 100
-    eval_batch: int = 1000
-    # test examples of the end-of-epoch evaluations before the last (TensorBoard's test
-    # curves); the last epoch and the results always use the whole test set. 0: all.
-    eval_examples: int = 0
-    max_to_keep: int = 3
-    train_size: int | None = None  # use only the first N training examples (quick runs)
+    dataset: str = option(
+        "mnist",
+        check=text,
+        help="mnist, fashion_mnist or tfds:NAME (a prepared TFDS dataset)",
+        hparam=True,
+    )
+    epochs: int = option(
+        10, check=positive_int, help="passes over the data", resumable=True, hparam=True
+    )
+    batch_size: int = option(128, check=positive_int, help="batch size", hparam=True)
+    lr: float = option(1e-3, check=positive_float, help="Adam learning rate", hparam=True)
+    schedule: str = option(
+        "constant",
+        choices=SCHEDULES,
+        flag="--lr-schedule",
+        help="decay of every member's rate over the run's steps (cosine and linear end at "
+        "0 at the run's last step, so --resume cannot add epochs to such a run)",
+        hparam="lr_schedule",
+    )
+    seed: int = option(0, check=integer, help="model seed (init and sampling noise)")
+    data_seed: int = option(
+        0,
+        check=integer,
+        help="seed of the data order and binarization (shared by all members)",
+        hparam=True,
+    )
+    binarize: bool = option(
+        True,
+        check=boolean,
+        flag="--no-binarize",
+        help="Bernoulli likelihood on grey pixels instead of dynamic binarization",
+    )
+    chunk: int = option(
+        100,
+        check=positive_int,
+        help="steps per compiled call (progress bar granularity)",
+        resumable=True,
+    )
+    eval_batch: int = option(
+        1000,
+        check=positive_int,
+        cli=False,
+        help="test examples per evaluation call",
+        resumable=True,
+    )
+    eval_examples: int = option(
+        0,
+        check=non_negative_int,
+        help="test examples of each end-of-epoch evaluation before the last (TensorBoard's "
+        "test curves); the last epoch and the results use the whole test set; 0: all",
+        resumable=True,
+    )
+    max_to_keep: int = option(
+        3, check=positive_int, cli=False, help="checkpoints kept on disk", resumable=True
+    )
+    train_size: int | None = option(
+        None,
+        check=optional(positive_int),
+        help="train on the first N examples only (quick runs; default: all)",
+    )
 
     def __post_init__(self):
-        _check(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
-        _check(self.batch_size > 0, f"batch size must be positive, got {self.batch_size}")
-        _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
-        _check(
-            self.schedule in SCHEDULES,
-            f"schedule must be one of {SCHEDULES}, got {self.schedule!r}",
-        )
-        _check(self.chunk > 0, f"chunk must be positive, got {self.chunk}")
-        _check(self.eval_batch > 0, f"eval batch must be positive, got {self.eval_batch}")
-        _check(
-            self.eval_examples >= 0,
-            f"eval examples must be 0 (all) or positive, got {self.eval_examples}",
-        )
-        _check(
-            self.train_size is None or self.train_size > 0,
-            f"train size must be positive, got {self.train_size}",
-        )
+        _validate(self)
 
 
 # --- sweep axes ---------------------------------------------------------------------------
@@ -348,8 +506,8 @@ def funnel_hidden(funnel, latent: int) -> tuple[int, ...]:
     """The hidden widths of a model cut from a funnel encoder at ``latent`` units: the
     funnel's widths before its first width <= latent.
 
-    The seed's VAEs were one funnel [784,] 512 256 128 64 32 12 6 3 2 cut after 2, 6 and
-    12 units: ``funnel_hidden(funnel, 6) == (512, 256, 128, 64, 32, 12)``.
+    The funnel [784,] 512 256 128 64 32 12 6 3 2 cut at latents 2, 6 and 12 gives three
+    VAEs of different depths: ``funnel_hidden(funnel, 6) == (512, 256, 128, 64, 32, 12)``.
     """
     widths = []
     for w in funnel:
@@ -406,25 +564,25 @@ def grid(
 
 def hparams(member: Member, tcfg: TrainConfig) -> dict:
     """A member's hyperparameters as TensorBoard's HParams dashboard takes them
-    (str, bool or number per name): the model fields, the member's seed and the
-    training settings a reader compares runs by."""
-    m = member.model
-    return {
-        "kind": m.kind,
-        "arch": m.arch,
-        "likelihood": m.likelihood,
-        "latent": m.latent,
-        "beta": m.beta,
-        "warmup": m.warmup,
-        "seed": member.seed,
-        "hidden": "-".join(str(h) for h in m.hidden),
-        "lr": tcfg.lr if m.lr is None else m.lr,
-        "lr_schedule": tcfg.schedule,
-        "batch_size": tcfg.batch_size,
-        "epochs": tcfg.epochs,
-        "data_seed": tcfg.data_seed,
-        "dataset": tcfg.dataset,
-    }
+    (str, bool or number per name): the fields marked ``hparam`` of its model and of the
+    training config, and the member's seed. A model's own value (its ``lr``) wins over
+    the training config's; widths are joined as ``512-256``."""
+    out = {**_hparams(member.model), "seed": member.seed}
+    for name, v in _hparams(tcfg).items():
+        if out.get(name) is None:
+            out[name] = v
+    return out
+
+
+def _hparams(cfg) -> dict:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if name := f.metadata["hparam"]:
+            v = getattr(cfg, f.name)
+            out[f.name if name is True else name] = (
+                "-".join(map(str, v)) if isinstance(v, tuple) else v
+            )
+    return out
 
 
 # --- JSON round trips ------------------------------------------------------------------------

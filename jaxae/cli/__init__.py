@@ -2,9 +2,10 @@
 
 Commands: ``python -m jaxae.train`` (``cli.train``), ``python -m jaxae.sample``
 (``cli.sample``), ``python -m jaxae.evaluate`` (``cli.evaluate``) and the sweep
-experiments (``cli.sweep``). Flag defaults and checks come from ``jaxae.config``; this
-layer imports only JAX-free modules at import time, so ``--help`` answers at once, and
-the library inside each command's ``main``.
+experiments (``cli.sweep``). The flags of config fields are made from the fields'
+metadata in ``jaxae.config`` (``add_config_flags``, ``from_flags``); this layer imports
+only JAX-free modules at import time, so ``--help`` answers at once, and the library
+inside each command's ``main``.
 """
 
 from __future__ import annotations
@@ -140,75 +141,88 @@ non_negative_int = checked(config.non_negative_int)
 non_negative_float = checked(config.non_negative_float)
 
 
-def default(cls, name: str):
-    """The default of field ``name`` of config dataclass ``cls`` (the one source)."""
-    return next(f.default for f in fields(cls) if f.name == name)
+def _switch_off(f) -> bool:
+    """Field ``f`` is a boolean that its ``--no-NAME`` flag turns off."""
+    return isinstance(f.default, bool) and config.flag_name(f).startswith("--no-")
+
+
+def _dest(f) -> str:
+    """Where argparse keeps field ``f``'s flag: the field's name (``--lr-schedule`` sets
+    ``schedule``); a ``--no-NAME`` switch keeps ``no_NAME`` (True when given)."""
+    flag = config.flag_name(f)
+    return flag.removeprefix("--").replace("-", "_") if _switch_off(f) else f.name
+
+
+def add_config_flags(group, cls, names, *, defaults=None, helps=None) -> None:
+    """One flag per field of config dataclass ``cls`` in ``names`` (in that order).
+
+    The flag's name, check (its argparse type), choices, nargs and help come from the
+    field's metadata (``config.option``), its default from the field.
+
+    Args:
+        group: the parser or argument group that gets the flags.
+        cls: ``config.ModelConfig`` or ``config.TrainConfig``.
+        names: field names; each must have a flag (``cli=True``).
+        defaults: {field name: default} of this command where it differs from the field's.
+        helps: {field name: help} of this command where its wording differs.
+    """
+    by_name = {f.name: f for f in fields(cls)}
+    for name in names:
+        f = by_name[name]
+        meta = f.metadata
+        kw = {"dest": _dest(f), "help": (helps or {}).get(name, meta["help"])}
+        if _switch_off(f):
+            group.add_argument(config.flag_name(f), action="store_true", **kw)
+            continue
+        kw["default"] = (defaults or {}).get(name, f.default)
+        if meta["choices"] is not None:
+            kw["choices"] = tuple(meta["choices"])
+        else:
+            kw["type"] = checked(meta["check"])
+        if meta["nargs"] is not None:
+            kw["nargs"] = meta["nargs"]
+            kw["default"] = list(kw["default"])
+        group.add_argument(config.flag_name(f), **kw)
+
+
+def from_flags(cls, args, **fixed):
+    """An instance of config dataclass ``cls`` from the parsed flags of its fields.
+
+    Fields whose flag the command does not have take their defaults; ``fixed`` gives
+    fields the command sets itself (e.g. a likelihood that depends on the kind).
+    """
+    values = {}
+    for f in fields(cls):
+        if config.flag_name(f) is None or not hasattr(args, _dest(f)):
+            continue
+        v = getattr(args, _dest(f))
+        values[f.name] = not v if _switch_off(f) else v
+    return cls(**{**values, **fixed})
+
+
+# the training flags, in the order of --help
+TRAIN_FLAGS = (
+    "dataset", "epochs", "batch_size", "lr", "schedule", "data_seed", "binarize",
+    "train_size", "chunk", "eval_examples",
+)  # fmt: skip
 
 
 def add_train_flags(
     p: argparse.ArgumentParser, *, epochs: int | None = None, eval_examples: int | None = None
 ) -> None:
-    """Flags shared by every command that trains: data, optimiser, length, output."""
-    t = config.TrainConfig
+    """Flags shared by every command that trains: data, optimiser, length, output.
+
+    ``epochs`` and ``eval_examples`` are the command's defaults (None: the field's)."""
     g = p.add_argument_group("training")
-    g.add_argument(
-        "--dataset",
-        default=default(t, "dataset"),
-        help="mnist, fashion_mnist or tfds:NAME (a prepared TFDS dataset)",
-    )
-    g.add_argument(
-        "--epochs",
-        type=positive_int,
-        default=epochs or default(t, "epochs"),
-        help="passes over the data",
-    )
-    g.add_argument(
-        "--batch-size", type=positive_int, default=default(t, "batch_size"), help="batch size"
-    )
-    g.add_argument("--lr", type=float, default=default(t, "lr"), help="Adam learning rate")
-    g.add_argument(
-        "--lr-schedule",
-        choices=config.SCHEDULES,
-        default=default(t, "schedule"),
-        help="decay of every member's rate over the run's steps (cosine and linear end at "
-        "0; extending a run with --resume --epochs changes the span)",
-    )
-    g.add_argument(
-        "--data-seed",
-        type=int,
-        default=default(t, "data_seed"),
-        help="seed of the data order and binarization (shared by all members)",
-    )
-    g.add_argument(
-        "--no-binarize",
-        action="store_true",
-        help="Bernoulli likelihood on grey pixels instead of dynamic binarization",
-    )
-    g.add_argument(
-        "--train-size",
-        type=positive_int,
-        default=default(t, "train_size"),
-        help="train on the first N examples only (quick runs; default: all)",
-    )
-    g.add_argument(
-        "--chunk",
-        type=positive_int,
-        default=default(t, "chunk"),
-        help="steps per compiled call (progress bar granularity)",
-    )
+    defaults = {"epochs": epochs, "eval_examples": eval_examples}
+    defaults = {k: v for k, v in defaults.items() if v is not None}
+    add_config_flags(g, config.TrainConfig, TRAIN_FLAGS, defaults=defaults)
     g.add_argument(
         "--compile-cache",
         default=default_compile_cache(),
         metavar="DIR",
         help="JAX's persistent compilation cache: a rerun with the same shapes skips most "
         "compilation ('off': none; default from $JAXAE_COMPILE_CACHE)",
-    )
-    g.add_argument(
-        "--eval-examples",
-        type=non_negative_int,
-        default=default(t, "eval_examples") if eval_examples is None else eval_examples,
-        help="test examples of each end-of-epoch evaluation before the last (TensorBoard's "
-        "test curves); the last epoch and the results use the whole test set; 0: all",
     )
     d = p.add_argument_group("several hosts (one process per host, same command on each)")
     d.add_argument(
@@ -261,20 +275,9 @@ def add_progress_flag(p) -> None:
     )
 
 
-def train_config(args, *, seed: int = 0) -> config.TrainConfig:
-    return config.TrainConfig(
-        dataset=args.dataset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        schedule=args.lr_schedule,
-        seed=seed,
-        data_seed=args.data_seed,
-        binarize=not args.no_binarize,
-        chunk=args.chunk,
-        eval_examples=args.eval_examples,
-        train_size=args.train_size,
-    )
+def train_config(args) -> config.TrainConfig:
+    """The training config of the parsed flags."""
+    return from_flags(config.TrainConfig, args)
 
 
 def run_kwargs(args) -> dict:

@@ -15,6 +15,7 @@ from jaxae.cli import (
     ANALYSIS_FAILED,
     STARTED,
     Parser,
+    add_config_flags,
     add_quality_flags,
     add_train_flags,
     checked,
@@ -47,23 +48,20 @@ def sweep_parser(prog: str, description: str, *, epochs: int | None = None, **ax
             default=axes.get(a.name, [getattr(config.ModelConfig(), a.name)]),
             help=a.help,
         )
-    s.add_argument(
-        "--hidden",
-        type=positive_int,
-        nargs="*",
-        default=list(config.ModelConfig().hidden),
-        help="hidden widths shared by all members (dense layers; after the convolutions "
-        "for --archs conv)",
+    hidden = (
+        "hidden widths shared by all members (dense layers; after the convolutions for "
+        "--archs conv)"
     )
+    add_config_flags(s, config.ModelConfig, ["hidden"], helps={"hidden": hidden})
     s.add_argument(
         "--funnel",
         type=positive_int,
         nargs="+",
         default=None,
-        help="one funnel encoder cut at each latent size instead of --hidden: e.g. "
-        "--funnel 512 256 128 64 32 12 6 3 2 --latents 2 6 12 trains the seed's three "
-        "VAEs (hidden = the funnel's widths above the latent); depths differ, so each "
-        "latent is its own group",
+        help="one funnel encoder cut at each latent size instead of --hidden (hidden = the "
+        "funnel's widths above the latent): e.g. --funnel 512 256 128 64 32 12 6 3 2 "
+        "--latents 2 6 12 trains three VAEs, the 784-512-256-128-64-32-12-6-3-2 funnel cut at "
+        "latents 2, 6 and 12; depths differ, so each latent is its own group",
     )
     for kind in config.KINDS:
         s.add_argument(
