@@ -360,6 +360,15 @@ class TrainConfig:
         _validate(self)
 
 
+# fields a resumed run may change (``option(resumable=True)``); ``changes`` skips them
+RESUMABLE = frozenset(
+    f.name
+    for cls in (ModelConfig, TrainConfig)
+    for f in dataclasses.fields(cls)
+    if f.metadata["resumable"]
+)
+
+
 # --- sweep axes ---------------------------------------------------------------------------
 
 
@@ -583,6 +592,76 @@ def _hparams(cfg) -> dict:
                 "-".join(map(str, v)) if isinstance(v, tuple) else v
             )
     return out
+
+
+# --- resuming a run: the saved config compared field by field ------------------------------
+
+# the config class of each part of a run's config (``to_dict`` of a Program's config):
+# ``model``, ``sweep.members.3.model``: a ModelConfig; ``train``, ``sweep.train``: a TrainConfig
+_PARTS = {"model": ModelConfig, "train": TrainConfig}
+
+
+def _part(path: str):
+    return _PARTS.get(path.rsplit(".", 1)[-1])
+
+
+def changes(saved, new, path: str = "") -> list[tuple[str, object, object]]:
+    """(field path, new value, saved value) of every field that differs between a run's
+    saved config and a new one, except the fields a resumed run may change (``RESUMABLE``).
+
+    Args:
+        saved: the run's config as it was written (JSON: ``to_dict`` of its parts).
+        new: the config to resume with, in the same form (a Program's ``config``:
+            ``type``, ``model`` or ``sweep``, ``train``).
+        path: where ``saved`` and ``new`` sit in the whole config (for the recursion).
+    Returns:
+        the changes in the order of ``new``'s fields, paths like ``train.lr`` or
+        ``sweep.members.1.model.beta``. A field missing from ``saved`` (a run written
+        before the field existed) had its class's default: a new value other than the
+        default is a change.
+    """
+    if isinstance(new, dict) and isinstance(saved, dict):
+        cls = _part(path)
+        defaults = to_dict(cls()) if cls else {}
+        out = []
+        for k, v in new.items():
+            here = f"{path}.{k}" if path else k
+            if cls and k in RESUMABLE:
+                continue
+            if k in saved:
+                out += changes(saved[k], v, here)
+            elif k in defaults and v != defaults[k]:
+                out.append((here, v, defaults[k]))
+        return out
+    if isinstance(new, list) and isinstance(saved, list) and len(new) == len(saved):
+        return [
+            c
+            for i, (a, b) in enumerate(zip(saved, new, strict=True))
+            for c in changes(a, b, f"{path}.{i}")
+        ]
+    return [] if new == saved else [(path, new, saved)]
+
+
+def flags_of(path: str) -> tuple[str, ...]:
+    """The command-line flags that set the config field at ``path``: ``train.lr`` is set by
+    ``--lr``; a model field by its flag of ``python -m jaxae.train`` and, if it is a sweep
+    axis, the sweep's flag (``sweep.members.3.model.beta``: ``--beta``, ``--betas``)."""
+    parent, _, name = path.rpartition(".")
+    cls = _part(parent)
+    f = next((f for f in dataclasses.fields(cls) if f.name == name), None) if cls else None
+    if f is None:
+        return ()
+    flags = [flag_name(f)]
+    if cls is ModelConfig:
+        flags += [a.flag for a in AXES if a.name == name]
+    return tuple(flag for flag in flags if flag)
+
+
+def describe_change(path: str, new, saved) -> str:
+    """One change of ``changes`` as a line that names the field and its flags:
+    ``train.lr 0.01 differs from the run's 0.001 (--lr)``."""
+    flags = " or ".join(flags_of(path))
+    return f"{path} {new} differs from the run's {saved}" + (f" ({flags})" if flags else "")
 
 
 # --- JSON round trips ------------------------------------------------------------------------

@@ -331,15 +331,17 @@ BAD = [
     ("classifier: zero epochs", ["jaxae.classifier", "--epochs", "0"], "positive integer"),
     ("run name escapes", [*TRAIN, "--run", "../x"], "must be a plain folder name"),
     ("absolute run name", [*TRAIN, "--run", "/tmp/x"], "must be a plain folder name"),
+    # --resume takes the omitted flags from the run's command line; the runner compares
+    # the configs field by field and refuses a changed field
     (
         "resume with another batch size",
         [*TRAIN, "--run", "vae", "--models-dir", "{models}", "--resume", "--batch-size", "64"],
-        "--batch-size 64 differs from the run's 128; start a new run or drop the flag",
+        "train.batch_size 64 differs from the run's 128",
     ),
     (
         "resume a sweep with other latents",
         ["experiments.latent_sweep", "--models-dir", "{models}", "--resume", "--latents", "2", "8"],
-        "--latents 2 8 differs from the run's 2 4",
+        "model.latent 8 differs from the run's 4",
     ),
 ]
 
@@ -373,6 +375,26 @@ def test_bad_input_one_clear_line(ckpts, tmp_path, name, args, expect):
     assert len(lines) == 1, p.stderr[-3000:]
     assert "Traceback" not in p.stderr and expect in lines[0], lines[0]
     assert _snapshot(tmp_path) == before and _snapshot(ckpts["root"]) == models_before
+
+
+def test_resume_fills_the_omitted_flags_from_the_run_s_command_line(tmp_path):
+    from jaxae.cli import train
+
+    run = tmp_path / "m" / "r"
+    run.mkdir(parents=True)
+    saved = ["/v/bin/jaxae-train", "--run", "r", "--latent", "3", "--batch-size", "64"]
+    saved += ["--no-binarize", "--models-dir", str(tmp_path / "m"), "--chunk", "7"]
+    (run / "config.json").write_text(json.dumps({"argv": saved}))
+    now = ["--run", "r", "--models-dir", str(tmp_path / "m"), "--resume", "--epochs", "3"]
+    args = train.parser().parse_args([*now, "--lr", "0.01", "--no-progress"])
+    # the run's flags where this command line has none
+    assert args.latent == 3 and args.batch_size == 64 and args.chunk == 7
+    assert train.train_config(args).binarize is False
+    # this command line's flags on top, a config field too: the runner decides about it
+    assert args.epochs == 3 and args.lr == 0.01 and args.resume and args.progress is False
+    # no saved command line: the flags as given
+    args = train.parser().parse_args(["--run", "other", "--resume", "--latent", "5"])
+    assert args.latent == 5 and args.batch_size == 128
 
 
 def test_beta_sweep_with_warmup_and_learning_rate_axes(tmp_path):

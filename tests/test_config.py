@@ -145,3 +145,59 @@ def test_hparams_are_the_marked_fields():
     # a member's own learning rate is its hyperparameter
     own = Member(dataclasses.replace(m.model, lr=0.003), seed=2)
     assert config.hparams(own, t)["lr"] == 0.003
+
+
+# --- resuming: the saved config compared field by field ------------------------------------
+
+
+def test_the_resumable_fields_are_marked_once():
+    assert config.RESUMABLE == {"epochs", "chunk", "eval_batch", "eval_examples", "max_to_keep"}
+
+
+def _saved(model=None, **train):
+    """A one-model run's config as ``to_dict`` writes it."""
+    return {
+        "type": "model",
+        "model": config.to_dict(model or ModelConfig()),
+        "train": config.to_dict(TrainConfig(**train)),
+    }
+
+
+def test_changes_lists_every_changed_field_but_the_resumable_ones():
+    saved = _saved(epochs=2, lr=0.001)
+    assert config.changes(saved, _saved(epochs=5, chunk=7, eval_examples=9, max_to_keep=1)) == []
+    new = _saved(ModelConfig(beta=4.0), epochs=5, lr=0.01, batch_size=64)
+    assert config.changes(saved, new) == [
+        ("model.beta", 4.0, 1.0),
+        ("train.batch_size", 64, 128),
+        ("train.lr", 0.01, 0.001),
+    ]
+
+
+def test_a_field_missing_from_an_older_run_had_its_class_default():
+    saved = {"type": "model", "model": {"kind": "vae", "latent": 2}, "train": {"epochs": 2}}
+    same = {"type": "model", "model": {"kind": "vae", "latent": 2, "warmup": 0, "lr": None}}
+    same["train"] = {"epochs": 2, "lr": 1e-3}  # a model's lr and the run's have own defaults
+    new = {"type": "model", "model": {"kind": "vae", "latent": 2, "warmup": 100}}
+    assert config.changes(saved, same) == []
+    assert config.changes(saved, new) == [("model.warmup", 100, 0)]
+    sweep = {"type": "sweep", "sweep": {"members": [{"model": {"kind": "vae"}, "seed": 0}]}}
+    newer = {"type": "sweep", "sweep": {"members": [{"model": {"kind": "vae", "beta": 4.0}}]}}
+    assert config.changes(sweep, newer) == [("sweep.members.0.model.beta", 4.0, 1.0)]
+    # other members: the list as a whole
+    more = {"type": "sweep", "sweep": {"members": [{"model": {}}, {"model": {}}]}}
+    assert config.changes(sweep, more)[0][0] == "sweep.members"
+
+
+def test_a_change_names_the_field_and_its_flags():
+    assert config.describe_change("train.lr", 0.01, 0.001) == (
+        "train.lr 0.01 differs from the run's 0.001 (--lr)"
+    )
+    assert config.flags_of("sweep.train.schedule") == ("--lr-schedule",)
+    assert config.flags_of("sweep.train.binarize") == ("--no-binarize",)
+    assert config.flags_of("sweep.members.3.model.latent") == ("--latent", "--latents")
+    assert config.flags_of("model.lr") == ("--lrs",)  # a member's own rate: the sweep axis
+    assert config.flags_of("train.eval_batch") == () == config.flags_of("sweep.members")
+    assert config.describe_change("type", "sweep", "model") == (
+        "type sweep differs from the run's model"
+    )

@@ -48,8 +48,10 @@ class Parser(argparse.ArgumentParser):
     run_name = None  # ns -> the run folder's name, set by commands that train
 
     def parse_args(self, args=None, namespace=None):
-        """Parse; with ``--resume``, omitted flags take the run's saved values and a flag
-        that contradicts them is refused (``resumed``)."""
+        """Parse; with ``--resume``, omitted flags take the run's saved values (``resumed``).
+
+        Whether the resumed run may differ from the saved one is the runner's decision:
+        it compares the configs field by field (``config.changes``)."""
         args_list = sys.argv[1:] if args is None else list(args)
         ns = super().parse_args(args_list, namespace)
         if getattr(ns, "resume", False) and self.run_name is not None:
@@ -71,20 +73,11 @@ class Parser(argparse.ArgumentParser):
         return set(vars(quiet.parse_known_args(argv)[0]))
 
 
-# Flags a resumed run may change: its length, how steps are chunked, where output goes,
-# progress and evaluation options, and how processes join.
-RESUMABLE_FLAGS = {
-    "epochs", "chunk", "progress", "models_dir", "runs_dir", "resume", "overwrite",
-    "coordinator", "num_processes", "process_id", "distributed", "eval_k", "drop_nonfinite",
-}  # fmt: skip
-
-
 def resumed(parser: Parser, args, argv: list[str]):
-    """The run's saved command line, with this one's flags on top.
+    """The run's saved command line, with the flags this one gives on top.
 
     The run's ``config.json`` records the argv it was started with; it is parsed again
-    by the same parser. A flag given now that contradicts it, other than
-    ``RESUMABLE_FLAGS``, raises ``ConfigError`` naming the flag.
+    by the same parser, so ``--resume`` alone continues the run as it was started.
     """
     import json
 
@@ -92,20 +85,11 @@ def resumed(parser: Parser, args, argv: list[str]):
     try:
         saved_argv = json.loads(path.read_text())["argv"]
     except (OSError, ValueError, KeyError, TypeError):
-        return args  # no record of a command line: the runner still compares configs
+        return args  # no record of a command line: the flags as given
     if command(saved_argv[0]) != command(parser.prog.split()[-1]):
         return args  # started from Python, not by this command
     saved = argparse.ArgumentParser.parse_args(parser, saved_argv[1:])
-    given = parser.explicit(argv)
-    for dest in sorted(given - RESUMABLE_FLAGS):
-        here, there = getattr(args, dest), getattr(saved, dest, None)
-        if here != there:
-            flag = next(a.option_strings[-1] for a in parser._actions if a.dest == dest)
-            raise config.ConfigError(
-                f"{flag} {_show(here)} differs from the run's {_show(there)}; start a new run "
-                "or drop the flag"
-            )
-    for dest in given & RESUMABLE_FLAGS:
+    for dest in parser.explicit(argv):
         setattr(saved, dest, getattr(args, dest))
     return saved
 
@@ -117,10 +101,6 @@ def command(name: str) -> str:
     name = pathlib.PurePath(str(name)).name
     name = name.removesuffix(".py").rsplit(".", 1)[-1]
     return name.removeprefix("jaxae-").replace("-", "_")
-
-
-def _show(v) -> str:
-    return " ".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
 
 
 def checked(check):
