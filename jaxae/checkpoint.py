@@ -43,30 +43,6 @@ class CheckpointError(Exception):
 # Leaves, paths and digests
 
 
-def leaf_path(path: tuple) -> str:
-    """Joins a jax key path into a slash-separated string.
-
-    Args:
-      path: key path from ``jax.tree_util.tree_flatten_with_path``.
-
-    Returns:
-      e.g. ``"params/Dense_0/kernel"`` or ``"opt_state/0/mu/Dense_0/bias"``.
-    """
-    parts = []
-    for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            parts.append(k.name)
-        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-            parts.append(str(k.key))
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
 def flat_leaves(tree: PyTree) -> dict[str, Any]:
     """Flattens a pytree into an ordered dict of leaf path string -> leaf.
 
@@ -74,10 +50,13 @@ def flat_leaves(tree: PyTree) -> dict[str, Any]:
       tree: any pytree.
 
     Returns:
-      dict in jax flattening order.
+      dict in jax flattening order, keyed by ``jax.tree_util.keystr(path, simple=True,
+      separator="/")``: e.g. ``"params/Dense_0/kernel"``, ``"opt_state/0/mu/Dense_0/bias"``
+      (a namedtuple field by its name, a sequence item by its index). The saved digests
+      are keyed by these strings.
     """
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {leaf_path(p): x for p, x in flat}
+    return {jax.tree_util.keystr(p, simple=True, separator="/"): x for p, x in flat}
 
 
 def _as_arrays(state: PyTree) -> PyTree:

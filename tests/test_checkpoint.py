@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from jaxae.checkpoint import Checkpointer, CheckpointError, resolve
+from jaxae.checkpoint import Checkpointer, CheckpointError, flat_leaves, resolve
 
 # A failed restore must not leave orbax's abandoned-read reports behind (see checkpoint.py).
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
@@ -235,6 +235,17 @@ def test_digests_record_shape_and_dtype(tmp_path):
     assert len(kernel["sha256"]) == 64
     assert digests["params/Dense_1/bias"]["dtype"] == "bfloat16"
     assert "opt_state/0/mu/Dense_0/kernel" in digests
+
+
+def test_leaf_paths_of_a_tuple_of_groups():
+    # the digests of saved checkpoints are keyed by these strings: dict keys, sequence
+    # indices and namedtuple field names (Adam's ScaleByAdamState), joined by "/"
+    names = list(flat_leaves((make_state(), {"step": np.int32(1)})))
+    layer = ["Dense_0/bias", "Dense_0/kernel", "Dense_1/bias", "Dense_1/kernel"]
+    adam = ["opt_state/0/count"] + [f"opt_state/0/{m}/{k}" for m in ("mu", "nu") for k in layer]
+    assert names == [f"0/{k}" for k in adam + [f"params/{k}" for k in layer] + ["step"]] + [
+        "1/step"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import scipy.linalg
 from helpers import run_cli
 
 from jaxae import quality
-from jaxae.checkpoint import CheckpointError
+from jaxae.checkpoint import Checkpointer, CheckpointError
 from jaxae.data import load
 
 
@@ -86,6 +86,44 @@ def test_classifier_is_trained_once_then_restored(clf, monkeypatch):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(CheckpointError, match="classifier of mnist, not of fashion_mnist"):
         quality.fit_classifier(clf.path, "fashion_mnist")
+
+
+def _blocks(n, seed, shape=(20, 30, 3)):
+    """Images (n, H, W, C) uint8 over noise whose label c is where a 4x4 block lies (row
+    c // 5, column c % 5 of a grid 9 rows and 6 columns apart) and its channel (c % 3)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.uint8)
+    x = rng.integers(0, 60, (n, *shape), dtype=np.uint8)
+    for i, c in enumerate(y):
+        r, col = 3 + 9 * (c // 5), 2 + 6 * (c % 5)
+        x[i, r : r + 4, col : col + 4, c % 3] = 255
+    return x, y
+
+
+def test_classifier_of_another_image_shape_trains_saves_and_restores(tmp_path, monkeypatch):
+    # 20x30 RGB images: the network, the shifts and the saved config follow the data's
+    # shape; a network of any other shape cannot read them, and without the optimiser's
+    # updates the accuracy stays near 0.1
+    data = {"train": _blocks(3840, 0), "test": _blocks(500, 1)}
+    monkeypatch.setattr(quality, "load_data", lambda name, split: data[split])
+    path = tmp_path / "classifier-blocks"
+    clf = quality.fit_classifier(path, "blocks", epochs=3, log=lambda m: None)
+    assert clf.shape == (20, 30, 3) and clf.accuracy > 0.9
+    assert quality.load_classifier(path).shape == (20, 30, 3)
+    logits, _ = quality.load_classifier(path).apply(data["test"][0] / 255.0)
+    np.testing.assert_array_equal(logits, clf.apply(data["test"][0] / 255.0)[0])
+    assert (logits.argmax(-1) == data["test"][1]).mean() == clf.accuracy
+
+
+def test_classifier_saved_without_its_shape_restores_as_28x28x1(clf, tmp_path):
+    # a classifier config that records no image shape is one of 28x28x1 digits
+    cfg = {"type": "classifier", "dataset": "mnist", "epochs": 2, "test_accuracy": 0.5}
+    with Checkpointer(tmp_path / "old", max_to_keep=1, local=True) as mgr:
+        mgr.save(1, {"params": clf.params}, {**cfg, "train_size": 6400}, wait=True)
+    old = quality.load_classifier(tmp_path / "old")
+    assert old.shape == (28, 28, 1) and old.accuracy == 0.5
+    x = load("mnist", "test")[0][:300] / 255.0
+    np.testing.assert_array_equal(old.apply(x)[0], clf.apply(x)[0])
 
 
 def test_scores_of_real_and_fake_digits(clf):
