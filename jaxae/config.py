@@ -389,7 +389,8 @@ class Axis:
         help: the flag's help text.
         choices: the values allowed, when they are a closed set.
         hide_default: the member's name leaves the axis out when it holds the field's
-            default (an axis added later keeps the names, and runs, of earlier sweeps).
+            default (members that leave the axis at its default keep the names, and
+            the run folders, that they have in a sweep without the axis).
     """
 
     name: str
