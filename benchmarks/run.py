@@ -85,7 +85,8 @@ def _program_speed(prog, images, *, steps: int, batch: int, chunk: int = 50) -> 
     import jax
     import jax.numpy as jnp
 
-    from jaxae.step import data_keys, epoch_batches, make_chunk
+    from jaxae.keys import data_keys
+    from jaxae.step import epoch_batches, make_chunk
 
     dk = data_keys(0)
     idx = epoch_batches(dk["perm"], 0, images.shape[0], batch)[:chunk]
@@ -96,8 +97,25 @@ def _program_speed(prog, images, *, steps: int, batch: int, chunk: int = 50) -> 
     for i in range(steps // chunk):
         state, m = f(state, prog.hyper, images, idx, jnp.int32(i * chunk))
     jax.block_until_ready(m)
-    prog.state = state
     return (steps // chunk) * chunk * batch / (time.perf_counter() - t)
+
+
+def one_model(cfg, tcfg, tx=None):
+    """One unstacked model's ``state``, ``hyper`` and ``step`` (what a sweep stacks and
+    vmaps), with optimiser ``tx`` (default: the project's Adam)."""
+    from types import SimpleNamespace
+
+    from jaxae.keys import model_keys
+    from jaxae.models import Model
+    from jaxae.step import init_state, make_optimizer, model_step
+    from jaxae.sweep import model_hyper
+
+    tx = tx or make_optimizer(tcfg)
+    return SimpleNamespace(
+        state=init_state(cfg, tx, model_keys(tcfg.seed)["init"]),
+        hyper=model_hyper(cfg, tcfg.seed, tcfg=tcfg),
+        step=model_step(Model(cfg), tx, binarize=tcfg.binarize),
+    )
 
 
 def single(images, peak, *, steps: int = 400, rounds: int = 3) -> dict:
@@ -110,18 +128,13 @@ def single(images, peak, *, steps: int = 400, rounds: int = 3) -> dict:
     import optax
 
     from jaxae.config import ModelConfig, TrainConfig
-    from jaxae.models import Model
-    from jaxae.step import init_state, model_keys, model_step, single_program
 
     cfg = ModelConfig(hidden=HIDDEN, latent=20)
 
     def program(variant):
-        prog = single_program(cfg, TrainConfig(binarize=variant == "real"))
-        if variant == "grey_sgd":
-            tx = optax.sgd(1.0)  # the step scales by the member's rate
-            prog.state = init_state(cfg, tx, model_keys(0)["init"])
-            prog.step = model_step(Model(cfg), tx, binarize=False)
-        return prog
+        tcfg = TrainConfig(binarize=variant == "real")
+        # plain SGD at unit rate: the step scales by the member's rate
+        return one_model(cfg, tcfg, optax.sgd(1.0) if variant == "grey_sgd" else None)
 
     runs = {"real": [], "grey": [], "grey_sgd": []}
     for _ in range(rounds):
@@ -146,7 +159,6 @@ def versus_torch(images, *, rounds: int = 3, steps: int = 300) -> dict:
     """jaxae vs an idiomatic PyTorch loop of the same model, interleaved, best of rounds."""
     from benchmarks.torch_vae import torch_throughput
     from jaxae.config import ModelConfig, TrainConfig
-    from jaxae.step import single_program
 
     host = __import__("numpy").asarray(images)
     cfg = ModelConfig(hidden=HIDDEN, latent=20)
@@ -154,7 +166,7 @@ def versus_torch(images, *, rounds: int = 3, steps: int = 300) -> dict:
     jx, pt = [], []
     for _ in range(rounds):
         jx.append(
-            _program_speed(single_program(cfg, TrainConfig()), images, steps=steps, batch=128)
+            _program_speed(one_model(cfg, TrainConfig()), images, steps=steps, batch=128)
         )
         pt.append(torch_throughput(host, steps=steps, device=device))
     import torch
@@ -183,8 +195,7 @@ def sweep_vs_separate(*, epochs: int = 1) -> dict:
 
     from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
     from jaxae.runner import run
-    from jaxae.step import single_program
-    from jaxae.sweep import sweep_program
+    from jaxae.sweep import single_program, sweep_program
 
     tcfg = TrainConfig(epochs=epochs)
     cfgs = [ModelConfig(hidden=HIDDEN, latent=k) for k in LATENTS]
@@ -423,10 +434,9 @@ def architectures(images, peak: float, *, steps: int = 200, rounds: int = 3) -> 
     20, one dense layer of 256 after the convolutions or the pixels), rounds interleaved,
     best of each."""
     from jaxae.config import ModelConfig, TrainConfig
-    from jaxae.step import single_program
 
     tcfg = TrainConfig()
-    progs = {a: single_program(ModelConfig(arch=a, hidden=(256,)), tcfg) for a in ("mlp", "conv")}
+    progs = {a: one_model(ModelConfig(arch=a, hidden=(256,)), tcfg) for a in ("mlp", "conv")}
     best = dict.fromkeys(progs, 0.0)
     for _ in range(rounds):
         for a, prog in progs.items():

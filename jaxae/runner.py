@@ -462,20 +462,46 @@ class Saver:
         self.step = s
 
 
-def epoch_line(
-    s: int, steps: Steps, epochs: int, train: dict, test: dict, kinds, speed: float,
-    elapsed: float, done: int, subset: int | None,
-) -> str:  # fmt: skip
-    """One progress line: epoch, step, train and test loss per model kind, speed,
-    elapsed time and the estimated time to the end of training."""
+class EpochEnd:
+    """The work at an epoch's end: the test metrics (of the first ``eval_examples`` test
+    digits before the last epoch), TensorBoard's test scalars and image grids, the
+    progress line and a checkpoint. Returns the metrics when they cover the whole test
+    set, else None."""
+
+    def __init__(self, compiled, summaries, save, runlog, sw, tcfg, steps, kinds, start):
+        self.compiled, self.summaries, self.save, self.runlog = compiled, summaries, save, runlog
+        self.sw, self.tcfg, self.steps, self.kinds = sw, tcfg, steps, kinds
+        self.start, self.started = start, time.perf_counter()
+
+    def __call__(self, state, step: int, means: EpochMeans, dropped) -> dict | None:
+        subset = self.tcfg.eval_examples if step < self.steps.total else None
+        subset = subset if subset in self.compiled.tests else None
+        with self.sw("epoch eval"):
+            test = self.compiled.evaluate(state, subset)
+        with self.sw("summaries"):
+            self.summaries.scalars(step, {f"test/{k}": v for k, v in test.items()})
+            self.summaries.images(step, self.compiled.images(state))
+        done, elapsed = step - self.start, time.perf_counter() - self.started
+        members = len(self.kinds)
+        speed = done * self.tcfg.batch_size / self.sw.seconds["train"] * members
+        train = means.close()
+        line = epoch_line(step, self.steps, self.tcfg.epochs, train, test, self.kinds)
+        eta = elapsed / max(done, 1) * (self.steps.total - step)
+        subset_note = "" if subset is None else f" (test: first {subset} examples)"
+        self.runlog(
+            f"{line}{subset_note}  {speed:,.0f} member-examples/s  "
+            f"elapsed {format_seconds(elapsed)}  ETA {format_seconds(eta)}"
+        )
+        self.save(state, step, means, dropped)
+        return test if subset is None else None
+
+
+def epoch_line(step: int, steps: Steps, epochs: int, train: dict, test: dict, kinds) -> str:
+    """Epoch, step, and the train and test loss per model kind (a VAE's -ELBO in nats and
+    an AE's squared error are different quantities: one mean each)."""
     losses = kind_means(train["loss"], kinds, "train") | kind_means(test["loss"], kinds, "test")
-    eta = elapsed / max(done, 1) * (steps.total - s)
-    return (
-        f"epoch {steps.epoch(s)}/{epochs}  step {s}/{steps.total}  "
-        + "  ".join(f"{k} {v}" for k, v in losses.items())
-        + ("" if subset is None else f" (test: first {subset} examples)")
-        + f"  {speed:,.0f} member-examples/s  elapsed {format_seconds(elapsed)}"
-        + f"  ETA {format_seconds(eta)}"
+    return f"epoch {steps.epoch(step)}/{epochs}  step {step}/{steps.total}  " + "  ".join(
+        f"{k} {v}" for k, v in losses.items()
     )
 
 
@@ -561,64 +587,38 @@ def train(
 
         # --- the loop: train a chunk, check, log; at an epoch's end evaluate, summarise
         # and save; after every chunk, stop on a signal ----------------------------------
+        end_epoch = EpochEnd(compiled, summaries, save, runlog, sw, tcfg, steps, kinds, start)
         test = None  # metrics of the whole test set at the last evaluation
-        started, s = time.perf_counter(), start
-        bar = tqdm(total=steps.total, initial=s, disable=bar_disabled(progress), unit="step")
-        if s < steps.total:
+        step = start
+        bar = tqdm(total=steps.total, initial=step, disable=bar_disabled(progress), unit="step")
+        if step < steps.total:
             runlog(
-                f"training {len(prog.names)} member(s): step {s}/{steps.total}, "
+                f"training {len(prog.names)} member(s): step {step}/{steps.total}, "
                 f"{steps.per_epoch} steps per epoch"
             )
         # pending saves always finish: a crash or a signal keeps the last good checkpoint
         with ckpts, summaries, bar, _above(bar), _Signals() as signals:
-            for s, n in steps.chunks(start):
+            for first, count in steps.chunks(start):
                 with sw("train"):
-                    state, metrics, finite = compiled.train(state, s, n)
-                for msg in check_finite(metrics, s, prog.names, dropped, params_finite=finite):
+                    state, metrics, finite = compiled.train(state, first, count)
+                for msg in check_finite(metrics, first, prog.names, dropped, finite):
                     runlog(msg, logging.WARNING)
                 means.add(metrics)
-                s += n
+                step = first + count
                 with sw("summaries"):
-                    summaries.scalars(s, {f"train/{k}": v.mean(0) for k, v in metrics.items()})
-                bar.update(n)
-                bar.set_postfix(epoch=steps.epoch(s), **kind_means(metrics["loss"], kinds))
-
-                if s % steps.per_epoch == 0:  # the epoch's end
-                    subset = tcfg.eval_examples if s < steps.total else None
-                    subset = subset if subset in compiled.tests else None
-                    with sw("epoch eval"):
-                        evals = compiled.evaluate(state, subset)
-                    test = evals if subset is None else test
-                    with sw("summaries"):
-                        summaries.scalars(s, {f"test/{k}": v for k, v in evals.items()})
-                        summaries.images(s, compiled.images(state))
-                    done, elapsed = s - start, time.perf_counter() - started
-                    speed = done * tcfg.batch_size / sw.seconds["train"] * len(prog.names)
-                    train_means = means.close()
-                    runlog(
-                        epoch_line(
-                            s,
-                            steps,
-                            tcfg.epochs,
-                            train_means,
-                            evals,
-                            kinds,
-                            speed,
-                            elapsed,
-                            done,
-                            subset,
-                        )  # fmt: skip
-                    )
-                    save(state, s, means, dropped)
-
+                    summaries.scalars(step, {f"train/{k}": v.mean(0) for k, v in metrics.items()})
+                bar.update(count)
+                bar.set_postfix(epoch=steps.epoch(step), **kind_means(metrics["loss"], kinds))
+                if step % steps.per_epoch == 0:
+                    test = end_epoch(state, step, means, dropped) or test
                 # a signal that reached one process stops them all at the same step (the
                 # save is collective: one process saving alone would wait forever)
                 signum = hosts.agree_max(signals.signum or 0)
                 if signum:
-                    if save.step != s:
-                        save(state, s, means, dropped)
-                    runlog(f"stopped by signal {signum} at step {s}; checkpoint saved")
-                    raise Interrupted(signum, s)
+                    if save.step != step:
+                        save(state, step, means, dropped)
+                    runlog(f"stopped by signal {signum} at step {step}; checkpoint saved")
+                    raise Interrupted(signum, step)
             with sw("checkpoints"):  # the last save's writes finish here
                 ckpts.wait()
         if test is None:  # nothing ran: the run was already trained
@@ -627,17 +627,17 @@ def train(
 
         # --- the result ----------------------------------------------------------------------
         train_s = sw.seconds.get("train", 0.0)
-        speed = (s - start) * tcfg.batch_size / train_s if train_s else np.nan
+        speed = (step - start) * tcfg.batch_size / train_s if train_s else np.nan
         result = {
             "run": run,
             "members": prog.names,
-            "steps": s,
+            "steps": step,
             "test": {k: v.tolist() for k, v in test.items()},
             "train": {k: np.asarray(v).tolist() for k, v in means.last.items()},
             "timing": {
                 "compile_s": sw.seconds["compile"],
                 "train_s": train_s,
-                "steps": s - start,
+                "steps": step - start,
                 "examples_per_s": speed,
                 "member_examples_per_s": speed * len(prog.names),
                 "phases": dict(sw.seconds),

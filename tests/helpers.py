@@ -71,3 +71,14 @@ def only_member(state):
 
     (group,) = state
     return jax.tree.map(lambda a: a[0], group)
+
+
+def trained(prog, tcfg, name: str, **kw):
+    """Train ``prog`` (``jaxae.runner.train``); returns (result, the Program holding the
+    trained state)."""
+    from dataclasses import replace
+
+    from jaxae.runner import train
+
+    res, state = train(prog, tcfg, name, **kw)
+    return res, replace(prog, state=state)

@@ -20,11 +20,18 @@ PKG = pathlib.Path(ROOT) / "jaxae"
 
 # Layers, lowest first: a module may import modules of its own or a lower layer only.
 LAYERS = [
-    {"jaxae.data", "jaxae.likelihoods", "jaxae.plots", "jaxae.hosts", "jaxae.density"},
+    {
+        "jaxae.data",
+        "jaxae.likelihoods",
+        "jaxae.plots",
+        "jaxae.hosts",
+        "jaxae.density",
+        "jaxae.keys",
+    },
     {"jaxae.checkpoint"},
     {"jaxae.config", "jaxae.summary"},
     {"jaxae.models", "jaxae.losses"},
-    {"jaxae.step"},
+    {"jaxae.step", "jaxae.evaluation"},
     {"jaxae.sweep"},
     {"jaxae.runner", "jaxae.restore", "jaxae.quality"},
     {"jaxae.metrics", "jaxae.generate"},
@@ -239,7 +246,7 @@ def test_run_trains_on_in_memory_arrays_and_loads_uniformly(tmp_path):
     res2, _ = fit_sweep(sweep, "two", data=(train_x, test_x), **kw)
     assert len(res2["test"]["loss"]) == 2
     single, both = load(tmp_path / "m" / "one"), load(tmp_path / "m" / "two")
-    assert single.layout == "single" and both.layout == "sweep"
+    assert len(single.members) == 1 and len(both.members) == 2  # one layout for both
     assert [m.name for m in single.members] == ["vae,latent=2,beta=1,seed=0"]
     assert [len(g.index) for g in single.groups] == [1]
     assert both.params(1)["params"]["encoder"]["mean"]["kernel"].shape == (16, 4)

@@ -2,6 +2,7 @@
 non-finite parameters, resume bookkeeping, several processes, sample noise, likelihood
 bounds on grey targets, progress lines, analysis failures, a portable lock."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,8 @@ from jaxae.checkpoint import Checkpointer
 from jaxae.config import Member, SweepConfig
 from jaxae.restore import load
 from jaxae.runner import RunError, config_changes, fit, load_images, run
-from jaxae.step import NonFiniteError, single_program
+from jaxae.step import NonFiniteError
+from jaxae.sweep import single_program
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,8 @@ def test_non_finite_parameters_are_never_saved(tmp_path, data):
     # parameters after it are not, and step 1 ends the epoch, where the loop saves
     tcfg = tiny_train(epochs=2, train_size=128)
     prog = single_program(tiny_model(), tcfg)
-    prog.hyper = {**prog.hyper, "lr": jnp.float32(np.inf)}
+    hyper = tuple({**h, "lr": jnp.full_like(h["lr"], np.inf)} for h in prog.hyper)
+    prog = dataclasses.replace(prog, hyper=hyper)
     with pytest.raises(NonFiniteError, match="non-finite parameters at step 1"):
         run(prog, tcfg, "nan", **_kw(tmp_path, data))
     with Checkpointer(tmp_path / "m" / "nan", create=False) as ck:
@@ -63,8 +66,7 @@ def _sweep(epochs, **kw):
     prog = jsweep.sweep_program(SweepConfig(members, tcfg))
     (group,) = prog.hyper
     lr = jnp.asarray(group["lr"]).at[1].set(np.inf)  # member 1 diverges at its first step
-    prog.hyper = ({**group, "lr": lr},)
-    return prog, tcfg
+    return dataclasses.replace(prog, hyper=({**group, "lr": lr},)), tcfg
 
 
 def test_dropped_members_stay_dropped_on_resume(tmp_path, data):
@@ -138,14 +140,14 @@ def test_prior_samples_do_not_depend_on_the_sweep():
     alone = single_program(tiny_model(latent=2), tcfg)
     x = jnp.asarray(load_images("mnist", "test")[:4])
     in_sweep = prog.gather(prog.images(prog.state, prog.hyper, x))["samples"][0]
-    standalone = alone.images(alone.state, alone.hyper, x)["samples"][0]
+    standalone = alone.gather(alone.images(alone.state, alone.hyper, x))["samples"][0]
     np.testing.assert_allclose(in_sweep, standalone, atol=1e-6)
     # the blur score too
     (group,) = prog.state
     padded = Model(jsweep.group_members(members)[0].cfg)
     masks = prog.hyper[0]["mask"]
     a = metrics._sample_entropy(padded, group["params"], masks, 0)[0]
-    one = jax.tree.map(lambda v: v[None], alone.state["params"])
+    one = alone.state[0]["params"]  # a sweep of one: one group of one member
     b = metrics._sample_entropy(Model(tiny_model(latent=2)), one, jnp.ones((1, 2)), 0)[0]
     np.testing.assert_allclose(a, b, rtol=1e-5)
 

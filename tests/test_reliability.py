@@ -1,5 +1,6 @@
 """Resume, interruption, lock and non-finite guard (issue: reliability)."""
 
+import dataclasses
 import fcntl
 import json
 import signal
@@ -12,14 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, run_cli, tiny_model, tiny_train
+from helpers import ROOT, run_cli, tiny_model, tiny_train, trained
 
 from jaxae import sweep as jsweep
 from jaxae.checkpoint import Checkpointer
 from jaxae.config import Member, SweepConfig
 from jaxae.restore import load
 from jaxae.runner import RunError, fit, run
-from jaxae.step import NonFiniteError, single_program
+from jaxae.step import NonFiniteError
+from jaxae.sweep import single_program
 
 TRAIN = ["jaxae.train", "--hidden", "16", "--train-size", "640", "--no-progress", "--chunk", "1"]
 
@@ -32,11 +34,11 @@ def test_sweep_resume_is_bitwise_exact(tmp_path):
     members = tuple(Member(tiny_model(latent=k), 0) for k in (2, 4))
     kw = {"models_dir": tmp_path / "m", "runs_dir": tmp_path / "r", "progress": False}
     whole = jsweep.sweep_program(SweepConfig(members, tiny_train(epochs=2)))
-    run(whole, tiny_train(epochs=2), "a", **kw)
+    _, whole = trained(whole, tiny_train(epochs=2), "a", **kw)
     part = jsweep.sweep_program(SweepConfig(members, tiny_train(epochs=1)))
     run(part, tiny_train(epochs=1), "b", **kw)
     resumed = jsweep.sweep_program(SweepConfig(members, tiny_train(epochs=2)))
-    run(resumed, tiny_train(epochs=2), "b", resume=True, **kw)
+    _, resumed = trained(resumed, tiny_train(epochs=2), "b", resume=True, **kw)
     for a, b in zip(_leaves(whole.state), _leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -120,7 +122,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         m["loss"] = jnp.where(s >= 13, m["loss"].at[1].set(jnp.nan), m["loss"])
         return state, (m,)
 
-    prog.step = poisoned
+    prog = dataclasses.replace(prog, step=poisoned)
     with pytest.raises(NonFiniteError, match=r"step 14 in member vae,latent=4"):
         run(prog, tcfg, "n", models_dir=tmp_path / "m", runs_dir=tmp_path / "r", progress=False)
     assert Checkpointer(tmp_path / "m" / "n", create=False).latest_step() == 10
@@ -143,7 +145,7 @@ def test_drop_nonfinite_drops_only_that_member(tmp_path):
         vae["params"]["params"]["decoder"]["out"]["kernel"] = kernel
         return (vae,), m
 
-    prog.step = poisoned
+    prog = dataclasses.replace(prog, step=poisoned)
     res = run(
         prog,
         tcfg,
@@ -196,7 +198,8 @@ def test_run_records_config_and_environment(tmp_path):
         **_kw(tmp_path),
     )
     doc = json.loads((tmp_path / "m" / "c" / "config.json").read_text())
-    assert doc["model"]["latent"] == 2 and doc["train"]["batch_size"] == 128
+    sweep = doc["sweep"]  # one model is a sweep of one
+    assert sweep["members"][0]["model"]["latent"] == 2 and sweep["train"]["batch_size"] == 128
     assert doc["argv"] == sys.argv and doc["members"] == ["vae,latent=2,beta=1,seed=0"]
     env = doc["env"]
     assert env["versions"]["jax"] == jax.__version__ and env["device_count"] == jax.device_count()
@@ -265,11 +268,11 @@ def test_callers_state_survives_an_exception_in_run(tmp_path):
     step = prog.step
 
     def poisoned(state, h, x, s, bkey):
-        state, m = step(state, h, x, s, bkey)
+        state, (m,) = step(state, h, x, s, bkey)  # one group of one member
         m["loss"] = jnp.where(s >= 7, jnp.nan, m["loss"])
-        return state, m
+        return state, (m,)
 
-    prog.step = poisoned
+    prog = dataclasses.replace(prog, step=poisoned)
     with pytest.raises(NonFiniteError):
         run(prog, tcfg, "n", **_kw(tmp_path))
     assert not any(a.is_deleted() for a in jax.tree.leaves(prog.state))  # no donated buffers

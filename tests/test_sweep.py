@@ -3,19 +3,18 @@ import json
 import jax
 import numpy as np
 import pytest
-from helpers import run_cli, run_py, tiny_model, tiny_train
+from helpers import only_member, run_cli, run_py, tiny_model, tiny_train, trained
 
 from jaxae import generate, quality
-from jaxae import step as train
 from jaxae import sweep as jsweep
 from jaxae.config import ConfigError, Member, SweepConfig
 from jaxae.restore import load
-from jaxae.runner import run
 from jaxae.summary import member_dir
 
 
 def _run(prog, tcfg, path, name="r"):
-    return run(prog, tcfg, name, models_dir=path / "m", runs_dir=path / "r", progress=False)
+    """(result, the Program holding the trained state)."""
+    return trained(prog, tcfg, name, models_dir=path / "m", runs_dir=path / "r", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def trained_sweep(tmp_path_factory):
     # a cosine schedule: every member's rate decays over the run, the padded copies' too
     sweep = SweepConfig(tuple(members), tiny_train(schedule="cosine"))
     prog = jsweep.sweep_program(sweep)
-    res = _run(prog, sweep.train, tmp_path_factory.mktemp("sweep"))
+    res, prog = _run(prog, sweep.train, tmp_path_factory.mktemp("sweep"))
     return sweep, prog, res
 
 
@@ -48,10 +47,10 @@ def test_member_matches_standalone_run(trained_sweep, tmp_path, i):
     sweep, prog, res = trained_sweep
     m = sweep.members[i]
     tcfg = tiny_train(seed=m.seed, schedule="cosine")
-    alone = train.single_program(m.model, tcfg)
-    alone_res = _run(alone, tcfg, tmp_path)
+    alone_res, alone = _run(jsweep.single_program(m.model, tcfg), tcfg, tmp_path)
     got = jsweep.member_params(prog.state, sweep, i)
-    for a, b in zip(jax.tree.leaves(alone.state["params"]), jax.tree.leaves(got), strict=True):
+    want = only_member(alone.state)["params"]
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         a, b = np.asarray(a), np.asarray(b)
         if m.model.arch == "conv":
             # vmapped convolutions run as one grouped convolution that sums in another
