@@ -31,7 +31,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from jaxae import data as jdata
 from jaxae import hosts
 from jaxae.checkpoint import Checkpointer
-from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig
+from jaxae.config import Member, ModelConfig, SweepConfig, TrainConfig, changes, describe_change
 from jaxae.keys import data_keys
 from jaxae.step import check_finite, chunk_size, jit_epoch_batches, make_chunk
 from jaxae.summary import Summaries
@@ -58,62 +58,15 @@ def load_images(dataset: str, split: str) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-# Fields of a run's config that may change when it is resumed: the length (to extend it),
-# the chunking of steps into compiled calls, and evaluation/checkpoint housekeeping.
-RESUMABLE = {"epochs", "chunk", "eval_batch", "eval_examples", "max_to_keep"}
-
-
-def _field_defaults(path: str) -> dict:
-    """Default value of every field of the config at ``path`` (``model``,
-    ``sweep.members.3.model``: a ModelConfig; ``train``, ``sweep.train``: a TrainConfig),
-    as ``to_dict`` writes it (JSON); {} elsewhere."""
-    cls = {"model": ModelConfig, "train": TrainConfig}.get(path.rsplit(".", 1)[-1])
-    if cls is None:
-        return {}
-    out = {}
-    for f in dataclasses.fields(cls):
-        v = getattr(cls(), f.name)
-        out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def config_changes(saved, new, path: str = "") -> list[tuple[str, object, object]]:
-    """(field path, new value, saved value) for every field that differs, except
-    ``RESUMABLE`` ones; ``new`` is a Program's config (type, model/sweep, train).
-
-    A field missing from the saved config (a run written before the field existed) had
-    the field's default: a new value other than the default is a change.
-    """
-    if isinstance(new, dict) and isinstance(saved, dict):
-        out = []
-        defaults = _field_defaults(path)
-        for k, v in new.items():
-            if k in RESUMABLE:
-                continue
-            if k not in saved:
-                if k in defaults and v != defaults[k]:
-                    out.append((f"{path}.{k}" if path else k, v, defaults[k]))
-                continue
-            out += config_changes(saved.get(k), v, f"{path}.{k}" if path else k)
-        return out
-    if isinstance(new, list) and isinstance(saved, list) and len(new) == len(saved):
-        return [
-            c
-            for i, (a, b) in enumerate(zip(saved, new, strict=True))
-            for c in config_changes(a, b, f"{path}.{i}")
-        ]
-    return [] if new == saved else [(path, new, saved)]
-
-
 def refuse_changes(saved: dict, new: dict) -> None:
-    """Raise RunError naming the first field a resumed run would silently change."""
+    """Raise RunError naming the first field (and its flags) that a resumed run would
+    silently change: the saved config compared field by field (``config.changes``; the
+    fields that may change are ``config.RESUMABLE``)."""
     saved = {**saved, "type": "sweep", "sweep": sweep_dict(saved)}  # any saved layout
-    changes = config_changes(saved, {k: new[k] for k in new if k in saved or k == "type"})
-    if changes:
-        field, here, there = changes[0]
+    found = changes(saved, {k: new[k] for k in new if k in saved or k == "type"})
+    if found:
         raise RunError(
-            f"{field} {here} differs from the run's {there}; start a new run or resume "
-            "with the run's own settings"
+            describe_change(*found[0]) + "; start a new run or resume with the run's own settings"
         )
     # a decaying schedule spans the run's steps: more epochs would change the rates of
     # the steps already taken, so the resumed run could not match any uninterrupted one
@@ -175,6 +128,20 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
+
+
+def command_line(record: Path, resuming: bool) -> list[str]:
+    """The command line a run records in its config.json: this process's ``sys.argv``; a
+    resumed run's is the recorded one followed by this one's arguments (parsed again,
+    the later flags win), so a second resume still knows the first start's flags."""
+    if resuming:
+        try:
+            before = json.loads(record.read_text())["argv"]
+        except (OSError, ValueError, KeyError, TypeError):
+            before = None
+        if before and Path(before[0]).name == Path(sys.argv[0]).name:
+            return [*before, *sys.argv[1:]]
+    return list(sys.argv)
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -565,7 +532,8 @@ def train(
             env = environment()
             record = {**prog.config, "run": run, "members": prog.names}
             if hosts.is_primary():  # the run records itself before it trains
-                write_json(ckpt_dir / "config.json", {**record, "argv": sys.argv, "env": env})
+                argv = command_line(ckpt_dir / "config.json", resuming)
+                write_json(ckpt_dir / "config.json", {**record, "argv": argv, "env": env})
             # the caller's state stays valid whatever happens: the loop donates a copy
             if resuming:
                 state = prog.from_saved(restore_state(ckpts, saved))

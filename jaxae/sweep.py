@@ -277,20 +277,25 @@ def sweep_program(sweep: SweepConfig):
     tx = make_optimizer(tcfg)
     groups = group_members(members)
     models = [Model(g.cfg) for g in groups]
-    sizes = [padded_size(len(g.index)) for g in groups]
-    rows = [g.index + g.index[:1] * (n - len(g.index)) for g, n in zip(groups, sizes, strict=True)]
-    state, hyper = [], []
-    for g, r in zip(groups, rows, strict=True):
-        state.append(stack([init_member(members[i], g.cfg, tx) for i in r]))
-        hyper.append(group_hyper(members, r, g.cfg.latent, tcfg))
-    state, hyper = tuple(state), tuple(hyper)
+    sizes = [padded_size(len(g.index)) for g in groups]  # rows per group, padding included
+    # the members behind each group's rows: the padding repeats the group's first member
+    rows = [
+        g.index + g.index[:1] * (size - len(g.index)) for g, size in zip(groups, sizes, strict=True)
+    ]
+    state = tuple(
+        stack([init_member(members[i], g.cfg, tx) for i in r])
+        for g, r in zip(groups, rows, strict=True)
+    )
+    hyper = tuple(
+        group_hyper(members, r, g.cfg.latent, tcfg) for g, r in zip(groups, rows, strict=True)
+    )
     # rows of the concatenated (padded, group-major) outputs that hold the real members,
     # in sweep order
     offsets = np.cumsum([0, *sizes[:-1]])
-    real = np.concatenate(
+    real_rows = np.concatenate(
         [o + np.arange(len(g.index)) for o, g in zip(offsets, groups, strict=True)]
     )
-    order = real[np.argsort(np.concatenate([g.index for g in groups]))]
+    order = real_rows[np.argsort(np.concatenate([g.index for g in groups]))]
 
     def over_members(f, sharded):  # vmapped over the member axis, each device its own
         return per_device(jax.vmap(f, in_axes=tuple(0 if on else None for on in sharded)), sharded)
@@ -303,30 +308,38 @@ def sweep_program(sweep: SweepConfig):
 
     # Every output is a tuple of per-group outputs with the padding rows; ``gather``
     # puts the real members in sweep order on the host.
-    def step(state, h, x, s, bkey):
-        outs = [f(st, hh, x, s, bkey) for f, st, hh in zip(steps, state, h, strict=True)]
+    def step(state, hyper, x, s, bkey):
+        outs = [f(*args, x, s, bkey) for f, *args in zip(steps, state, hyper, strict=True)]
         return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
 
-    def evaluate(state, h, test):
-        return tuple(f(st["params"], hh, test) for f, st, hh in zip(evals, state, h, strict=True))
+    def evaluate(state, hyper, test):
+        return tuple(
+            f(group["params"], h, test) for f, group, h in zip(evals, state, hyper, strict=True)
+        )
 
-    def images(state, h, x):
-        return tuple(f(st["params"], hh, x) for f, st, hh in zip(imgs, state, h, strict=True))
+    def images(state, hyper, x):
+        return tuple(
+            f(group["params"], h, x) for f, group, h in zip(imgs, state, hyper, strict=True)
+        )
 
     def finite(state):
-        return tuple(finite_one(st["params"]) for st in state)
+        return tuple(finite_one(group["params"]) for group in state)
 
     def gather(groups, axis: int = 0):
         return jax.tree.map(lambda *a: np.take(np.concatenate(a, axis), order, axis), *groups)
 
+    real = [len(g.index) for g in groups]  # real members per group
+
     def to_saved(state):
         return tuple(
-            st if len(g.index) == n else jax.tree.map(lambda a, m=len(g.index): a[:m], st)  # noqa: B008
-            for g, n, st in zip(groups, sizes, state, strict=True)
+            group if n == size else jax.tree.map(lambda a, n=n: a[:n], group)
+            for n, size, group in zip(real, sizes, state, strict=True)
         )
 
     def from_saved(state):
-        return shard_members(tuple(pad_rows(st, n) for st, n in zip(state, sizes, strict=True)))
+        return shard_members(
+            tuple(pad_rows(group, size) for group, size in zip(state, sizes, strict=True))
+        )
 
     return Program(
         names=[m.name for m in members],

@@ -7,6 +7,7 @@ test metrics in results.json when it was trained. Loaded today, every member mus
 the same test loss and a model of its own latent size.
 """
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -39,3 +40,22 @@ def test_saved_runs_load_and_give_their_recorded_test_loss(name, tmp_path):
         z = run.encode(i, xt)
         assert z.shape == (8, m.model.latent)
         assert run.decode(i, z).shape == (8, *m.model.image_shape)
+
+
+def test_a_one_model_run_of_the_earlier_layout_resumes(tmp_path):
+    # its unstacked state becomes a one-member group; one more epoch trains and saves in
+    # the one layout, which loads back to the metrics the run reported
+    from jaxae.config import model_from_dict, train_from_dict
+    from jaxae.runner import fit
+
+    shutil.copytree(FIXTURES / "single", tmp_path / "m" / "single")
+    saved = json.loads((FIXTURES / "single" / "config.json").read_text())
+    cfg, tcfg = model_from_dict(saved["model"]), train_from_dict(saved["train"])
+    more = dataclasses.replace(tcfg, epochs=tcfg.epochs + 1)
+    kw = {"models_dir": tmp_path / "m", "runs_dir": tmp_path / "r", "progress": False}
+    res = fit(cfg, more, "single", resume=True, **kw)
+    assert res["steps"] == 16 and res["timing"]["steps"] == 8  # 512 examples, batch 64
+    run = jaxae.load(tmp_path / "m" / "single")
+    assert run.step == 16 and run.config["type"] == "sweep"
+    np.testing.assert_allclose(run.test_metrics()["loss"], res["test"]["loss"], rtol=2e-5)
+    assert res["test"]["loss"][0] < recorded_loss(FIXTURES / "single")[0]  # it trained on

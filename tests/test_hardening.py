@@ -24,7 +24,7 @@ from jaxae import sweep as jsweep
 from jaxae.checkpoint import Checkpointer
 from jaxae.config import Member, SweepConfig
 from jaxae.restore import load
-from jaxae.runner import RunError, config_changes, fit, load_images, run
+from jaxae.runner import RunError, fit, load_images, run
 from jaxae.step import NonFiniteError
 from jaxae.sweep import single_program
 
@@ -114,18 +114,6 @@ def test_more_epochs_under_a_decaying_schedule_are_refused(tmp_path, data):
     fit(cfg, tiny_train(epochs=1, schedule="cosine"), "c", **_kw(tmp_path, data))
     with pytest.raises(RunError, match="cosine learning-rate schedule"):
         fit(cfg, tiny_train(epochs=2, schedule="cosine"), "c", resume=True, **_kw(tmp_path, data))
-
-
-def test_a_field_missing_from_an_older_run_had_its_default():
-    saved = {"type": "model", "model": {"kind": "vae", "latent": 2}, "train": {"epochs": 2}}
-    same = {"type": "model", "model": {"kind": "vae", "latent": 2, "warmup": 0, "lr": None}}
-    same["train"] = {"epochs": 2, "lr": 1e-3}  # a model's lr and the run's have own defaults
-    new = {"type": "model", "model": {"kind": "vae", "latent": 2, "warmup": 100}}
-    assert config_changes(saved, same) == []
-    assert config_changes(saved, new) == [("model.warmup", 100, 0)]
-    sweep = {"type": "sweep", "sweep": {"members": [{"model": {"kind": "vae"}, "seed": 0}]}}
-    newer = {"type": "sweep", "sweep": {"members": [{"model": {"kind": "vae", "beta": 4.0}}]}}
-    assert config_changes(sweep, newer) == [("sweep.members.0.model.beta", 4.0, 1.0)]
 
 
 def test_prior_samples_do_not_depend_on_the_sweep():
