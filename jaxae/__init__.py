@@ -36,7 +36,7 @@ _EXPORTS = {
     "Checkpointer": "jaxae.checkpoint",
     "load": "jaxae.restore",
     "evaluate_run": "jaxae.metrics",
-    "run_sweep": "jaxae.experiment",
+    "run_sweep": "jaxae.pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -261,7 +261,7 @@ class Stopwatch:
     """Wall seconds per phase of a run (``with sw("compile"): ...``), in order of first use.
 
     The runner times data, init, compile, train, per-epoch evaluation, summaries and
-    checkpoints; ``experiment.run_sweep`` adds start-up, final evaluation and figures.
+    checkpoints; ``pipeline.run_sweep`` adds start-up, final evaluation and figures.
     JAX dispatches asynchronously, so each timed block ends on a host copy of its result.
     """
 

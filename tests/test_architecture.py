@@ -35,7 +35,7 @@ LAYERS = [
     {"jaxae.sweep"},
     {"jaxae.runner", "jaxae.restore", "jaxae.quality"},
     {"jaxae.metrics", "jaxae.generate"},
-    {"jaxae.experiment"},
+    {"jaxae.pipeline"},
     {
         "jaxae.cli",
         "jaxae.cli.train",

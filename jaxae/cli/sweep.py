@@ -107,7 +107,7 @@ def sweep_main(parser, default_name: str, figures, argv=None, columns=None) -> i
 
     def main():
         start_hosts(args)
-        from jaxae.experiment import LATENT_COLUMNS, format_summary, run_sweep
+        from jaxae.pipeline import LATENT_COLUMNS, format_table, run_sweep
         from jaxae.runner import Stopwatch, format_phases
 
         sw = Stopwatch()
@@ -128,7 +128,7 @@ def sweep_main(parser, default_name: str, figures, argv=None, columns=None) -> i
             **run_kwargs(args),
         )
         print(format_result(result))
-        print(format_summary(summary, columns or LATENT_COLUMNS))
+        print(format_table(summary, columns or LATENT_COLUMNS))
         print(format_phases(sw.seconds, wall=time.perf_counter() - STARTED))
         if result.get("failures"):
             print(

@@ -110,7 +110,7 @@ LATENT_COLUMNS = (
 )
 
 
-def format_summary(summary: list[dict], columns=LATENT_COLUMNS) -> str:
+def format_table(summary: list[dict], columns=LATENT_COLUMNS) -> str:
     """The mean ± std over seeds of the chosen columns, one row per configuration."""
     # axes that only hold their default (an all-MLP sweep's arch, no warm-up) stay out
     shown = [
