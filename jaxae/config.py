@@ -28,7 +28,7 @@ ARCHS = {
     "conv": "two stride-2 3x3 convolutions (32, 64 channels), then dense layers of the "
     "hidden widths; the decoder mirrors them with sub-pixel convolutions",
 }
-# learning-rate schedules over a run (``TrainConfig.schedule``, ``step.lr_factor``)
+# learning-rate schedules over a run (``TrainConfig.schedule``, ``step.lr_schedule``)
 SCHEDULES = ("constant", "cosine", "linear")
 # what ``jaxae.generate`` draws (``python -m jaxae.sample --mode``)
 SAMPLE_MODES = ("prior", "recon", "interpolate", "manifold", "traverse", "scatter")
