@@ -1,12 +1,10 @@
 """Architectures: a user's own encoder/decoder pair, conv models through the CLIs."""
 
-import json
-
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from helpers import run_cli, tiny_model, tiny_train
+from helpers import tiny_model, tiny_train
 
 from jaxae import config, models
 from jaxae.config import ConfigError, Member, ModelConfig, SweepConfig
@@ -72,28 +70,3 @@ def test_a_user_pair_trains_in_a_sweep_beside_mlp_members_and_loads(registered, 
     assert set(run.params(1)["params"]["encoder"]) == {"mean", "logvar"}
     z = jax.random.normal(jax.random.key(0), (3, 4))
     assert run.decode(1, z).shape == (3, 28, 28, 1)
-
-
-def test_conv_model_through_train_evaluate_and_sample(tmp_path):
-    models_dir = tmp_path / "m"
-    common = ["--models-dir", str(models_dir)]
-    p = run_cli(
-        "jaxae.train", "--arch", "conv", "--hidden", "--latent", "4", "--epochs", "1",
-        "--train-size", "640", "--run", "c", "--runs-dir", str(tmp_path / "r"), *common,
-    )  # fmt: skip
-    assert p.returncode == 0, p.stderr[-2000:]
-    doc = (models_dir / "c" / "config.json").read_text()
-    assert '"arch": "conv"' in doc
-    # resumed with the saved command line, one more epoch
-    p = run_cli("jaxae.train", "--run", "c", "--resume", "--epochs", "2", *common)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert json.loads((models_dir / "c" / "results.json").read_text())["steps"] == 10
-    ckpt = str(models_dir / "c")
-    p = run_cli(
-        "jaxae.evaluate", "--ckpt", ckpt, "--k", "5", "--chunk", "5", "--quality-samples", "0"
-    )
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "nll" in p.stdout.lower()
-    p = run_cli("jaxae.sample", "--ckpt", ckpt, "--mode", "prior", "--out", str(tmp_path / "s.png"))
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

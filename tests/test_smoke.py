@@ -27,7 +27,7 @@ latents {1, 2, 64} x devices {1, 3, 8, 2 processes x 2}.
 Device counts (3 and 8 simulated devices, 2 processes x 2 devices) are in
 ``tests/test_smoke_devices.py``, so ``--dist loadfile`` runs the two files on two workers.
 
-After training, one subprocess (``_FOLLOW``) runs the reading commands of a cell one after
+After training, one subprocess (``helpers.run_plan``) runs the reading commands of a cell one after
 the other through their real entry points (``runpy`` of ``python -m jaxae.evaluate`` /
 ``jaxae.sample`` with its own argv, stdout and stderr captured at the file-descriptor
 level), then the library view ``jaxae.load(path)``: ``test_metrics()`` against the
@@ -54,98 +54,12 @@ import threading
 import time
 
 import pytest
-from helpers import ROOT, run_cli
+from helpers import ROOT, run_cli, run_plan
 
 SMALL = ["--hidden", "16", "--epochs", "1", "--train-size", "256", "--batch-size", "64"]
 SMALL += ["--compile-cache", "off", "--no-progress"]
 MODES = ("prior", "recon", "interpolate", "manifold", "traverse", "scatter")
 TIMEOUT = 400
-
-# Runs a list of commands in one process; argv[1]: JSON plan, argv[2]: JSON results.
-_FOLLOW = r"""
-import json, os, runpy, sys, tempfile, time, traceback
-
-def capture(fn):
-    outs = []
-    saved = (os.dup(1), os.dup(2))
-    files = [tempfile.TemporaryFile(mode="w+b") for _ in range(2)]
-    sys.stdout.flush(); sys.stderr.flush()
-    os.dup2(files[0].fileno(), 1); os.dup2(files[1].fileno(), 2)
-    try:
-        try:
-            rc = fn()
-        except SystemExit as e:
-            code = e.code
-            if code is None:
-                rc = 0
-            elif isinstance(code, int):
-                rc = code
-            else:
-                print(code, file=sys.stderr)
-                rc = 1
-        except BaseException:
-            traceback.print_exc()
-            rc = 1
-        sys.stdout.flush(); sys.stderr.flush()
-    finally:
-        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
-        os.close(saved[0]); os.close(saved[1])
-    for f in files:
-        f.seek(0)
-        outs.append(f.read().decode("utf-8", "replace"))
-        f.close()
-    return rc, outs[0], outs[1]
-
-def cli(argv):
-    def go():
-        sys.argv = [argv[0], *argv[1:]]
-        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
-        return 0
-    return go
-
-def load_checks(path, results):
-    def go():
-        import numpy as np
-        import jaxae
-        run = jaxae.load(path)
-        n = len(run.members)
-        metrics = run.test_metrics()
-        for key, vals in metrics.items():
-            assert len(vals) == n, (key, len(vals), n)
-            assert np.all(np.isfinite(vals)), (key, vals)
-        if results and os.path.exists(results):
-            doc = json.load(open(results))
-            if isinstance(doc["members"][0], dict):  # a sweep
-                want = [m["test_loss"] for m in doc["members"]]
-            else:  # a single model
-                want = doc["test"]["loss"]
-            np.testing.assert_allclose(metrics["loss"], want, rtol=1e-3)
-        covered = sorted(i for g in run.groups for i in g.index)
-        assert covered == list(range(n)), covered
-        for i, m in enumerate(run.members):
-            run.params(i)
-            _, xt, _ = run.test_set(i, count=8)
-            z = np.asarray(run.encode(i, xt))
-            assert z.shape == (8, m.model.latent), (m.name, z.shape)
-            x = np.asarray(run.decode(i, z))
-            r = np.asarray(run.reconstruct(i, xt))
-            assert x.shape == r.shape == (8, *m.model.image_shape), (x.shape, r.shape)
-            assert np.all(np.isfinite(r)), m.name
-        print(f"load ok: {n} members, {len(run.groups)} groups, step {run.step}")
-        return 0
-    return go
-
-plan_path, out_path = sys.argv[1:3]  # each command replaces sys.argv
-plan = json.load(open(plan_path))
-out = []
-for step in plan:
-    fn = cli(step["cli"]) if "cli" in step else load_checks(step["load"], step.get("results"))
-    t = time.perf_counter()
-    rc, so, se = capture(fn)
-    secs = time.perf_counter() - t
-    out.append({**step, "rc": rc, "stdout": so, "stderr": se, "secs": secs})
-    json.dump(out, open(out_path, "w"))
-"""
 
 
 def env_for(devices: int | None = None) -> dict:
@@ -275,17 +189,7 @@ def follow_ups(
                 rule = "ok"
             plan.append({"cli": argv, "rule": rule, "png": argv[argv.index("--out") + 1]})
     plan.append({"load": ckpt, "results": f"{ckpt}/results.json", "rule": "ok"})
-    plan_file, res_file = tmp_path / "plan.json", tmp_path / "results.json"
-    plan_file.write_text(json.dumps(plan))
-    p = subprocess.run(
-        [sys.executable, "-c", _FOLLOW, str(plan_file), str(res_file)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env_for(devices)},
-        timeout=TIMEOUT,
-        cwd=ROOT,
-    )
-    done = json.loads(res_file.read_text()) if res_file.exists() else []
+    p, done = run_plan(plan, tmp_path, env=env_for(devices), timeout=TIMEOUT)
     if p.returncode != 0 or len(done) != len(plan):
         cell.fail("follow-up process died", ["<follow-ups>"], p.returncode, p.stdout, p.stderr)
     for r in done:
