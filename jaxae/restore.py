@@ -72,10 +72,10 @@ class Loaded:
     def groups(self) -> list[GroupView]:
         """Stacked members per group, with their latent masks."""
         out = []
-        for g, st in zip(group_members(self.members), self.state, strict=True):
+        for g, group in zip(group_members(self.members), self.state, strict=True):
             ks = [self.members[i].model.latent for i in g.index]
             masks = jnp.stack([latent_mask(k, g.cfg.latent) for k in ks])
-            out.append(GroupView(Model(g.cfg), st["params"], masks, g.index))
+            out.append(GroupView(Model(g.cfg), group["params"], masks, g.index))
         return out
 
     def params(self, i: int = 0):

@@ -105,12 +105,12 @@ def pad_to(small, big):
 def stack(trees):
     """Stack a list of identical pytrees on a new leading member axis (on the host)."""
 
-    def st(*xs):
+    def stack_leaves(*xs):
         if jax.dtypes.issubdtype(xs[0].dtype, jax.dtypes.prng_key):
             return jnp.stack(xs)
         return jnp.asarray(np.stack([np.asarray(x) for x in xs]))
 
-    return jax.tree.map(st, *trees)
+    return jax.tree.map(stack_leaves, *trees)
 
 
 def unstack(tree, i: int):
@@ -245,9 +245,13 @@ def members_evaluate(model: Model, tcfg: TrainConfig) -> Callable:
     member's own eval key and beta; ``jaxae.evaluation.make_evaluate``)."""
     one = make_evaluate(model)
 
-    def evaluate(params, h, test):
+    def evaluate(params, hyper, test):
         x, xt, w, n = test_arrays(test, tcfg, model.cfg.likelihood, tcfg.eval_batch)
-        return jax.vmap(lambda p, hh: one(p, hh, x, xt, w, hh["eval_key"], n=n))(params, h)
+
+        def member(p, h):
+            return one(p, h, x, xt, w, h["eval_key"], n=n)
+
+        return jax.vmap(member)(params, hyper)
 
     return evaluate
 
@@ -406,10 +410,10 @@ def _param_shapes(cfg: ModelConfig):
 def member_params(prog_state, sweep: SweepConfig, i: int):
     """Params of member i cut back to its true latent size (a standalone model's tree)."""
     groups = group_members(sweep.members)
-    for g, st in zip(groups, prog_state, strict=True):
+    for g, group in zip(groups, prog_state, strict=True):
         if i in g.index:
             m = sweep.members[i]
-            padded = unstack(st["params"], g.index.index(i))
+            padded = unstack(group["params"], g.index.index(i))
             shapes = _param_shapes(m.model)
             return jax.tree.map(lambda a, s: a[tuple(slice(0, n) for n in s.shape)], padded, shapes)
     raise IndexError(f"no member {i}")
