@@ -421,3 +421,31 @@ def test_beta_sweep_with_warmup_and_learning_rate_axes(tmp_path):
     # the figure's fourth panel: the Fréchet distance of each member's samples
     assert all(m["frechet"] > 0 for m in doc["members"])
     assert mpimg.imread(out / "beta_sweep.png").shape[1] == 20 * 110
+
+
+def test_compile_cache_reads_jax_s_own_variables_and_holds_its_size_bound(tmp_path):
+    # the folder: $JAXAE_COMPILE_CACHE, else JAX's $JAX_COMPILATION_CACHE_DIR; the bound:
+    # $JAXAE_COMPILE_CACHE_MAX_BYTES, else $JAX_COMPILATION_CACHE_MAX_SIZE. 30 programs of
+    # about 3 kB each in a cache bounded at 30 kB: the least recently used ones go
+    script = """
+import json, os, pathlib, sys
+from jaxae import cli
+where = cli.default_compile_cache()
+cli.use_compile_cache(where)
+import jax, jax.numpy as jnp
+for i in range(30):
+    jax.jit(lambda x, i=i: jnp.sin(x) * i + jnp.cos(x) ** i)(jnp.ones(100 + i)).block_until_ready()
+sizes = [p.stat().st_size for p in pathlib.Path(where).glob("*-cache")]
+print(json.dumps({"where": where, "bound": cli.compile_cache_max_bytes(), "sizes": sizes}))
+"""
+    env = {"JAXAE_COMPILE_CACHE": "", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax")}
+    env["JAX_COMPILATION_CACHE_MAX_SIZE"] = "30000"
+    p = run_py("-W", "error::UserWarning", "-c", script, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["where"] == str(tmp_path / "jax") and out["bound"] == 30000
+    assert 3 <= len(out["sizes"]) < 30 and sum(out["sizes"]) <= 30000
+    env["JAXAE_COMPILE_CACHE"], env["JAXAE_COMPILE_CACHE_MAX_BYTES"] = str(tmp_path / "j"), "-1"
+    p = run_py("-W", "error::UserWarning", "-c", script, env=env)
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["where"] == str(tmp_path / "j") and len(out["sizes"]) >= 30  # no bound

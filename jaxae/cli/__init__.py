@@ -202,7 +202,9 @@ def add_train_flags(
         default=default_compile_cache(),
         metavar="DIR",
         help="JAX's persistent compilation cache: a rerun with the same shapes skips most "
-        "compilation ('off': none; default from $JAXAE_COMPILE_CACHE)",
+        "compilation ('off': none; default from $JAXAE_COMPILE_CACHE or "
+        "$JAX_COMPILATION_CACHE_DIR; at most $JAXAE_COMPILE_CACHE_MAX_BYTES, default 2 GiB, "
+        "least recently used programs evicted first)",
     )
     d = p.add_argument_group("several hosts (one process per host, same command on each)")
     d.add_argument(
@@ -271,24 +273,49 @@ def run_kwargs(args) -> dict:
     }
 
 
+# the compilation cache's size bound when neither $JAXAE_COMPILE_CACHE_MAX_BYTES nor JAX's
+# own $JAX_COMPILATION_CACHE_MAX_SIZE sets one: the least recently used programs go first
+COMPILE_CACHE_MAX_BYTES = 2 * 1024**3
+
+
 def default_compile_cache() -> str:
-    """$JAXAE_COMPILE_CACHE, else $XDG_CACHE_HOME/jaxae/xla (~/.cache/jaxae/xla)."""
+    """$JAXAE_COMPILE_CACHE, else JAX's own $JAX_COMPILATION_CACHE_DIR, else
+    $XDG_CACHE_HOME/jaxae/xla (~/.cache/jaxae/xla)."""
     import os
 
-    if "JAXAE_COMPILE_CACHE" in os.environ:
-        return os.environ["JAXAE_COMPILE_CACHE"]
+    for name in ("JAXAE_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR"):
+        if os.environ.get(name):
+            return os.environ[name]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "jaxae", "xla")
 
 
+def compile_cache_max_bytes() -> int:
+    """The cache's size bound in bytes: $JAXAE_COMPILE_CACHE_MAX_BYTES, else JAX's own
+    $JAX_COMPILATION_CACHE_MAX_SIZE, else ``COMPILE_CACHE_MAX_BYTES``; -1: no bound."""
+    import os
+
+    for name in ("JAXAE_COMPILE_CACHE_MAX_BYTES", "JAX_COMPILATION_CACHE_MAX_SIZE"):
+        if os.environ.get(name):
+            try:
+                return int(os.environ[name])
+            except ValueError:
+                raise config.ConfigError(
+                    f"${name} must be a number of bytes, got {os.environ[name]!r}"
+                ) from None
+    return COMPILE_CACHE_MAX_BYTES
+
+
 def use_compile_cache(where: str) -> None:
-    """JAX's persistent compilation cache in folder ``where`` ("off": none): a command run
-    again with the same shapes loads its compiled programs instead of compiling them."""
+    """JAX's persistent compilation cache in folder ``where`` ("off": none), bounded by
+    ``compile_cache_max_bytes``: a command run again with the same shapes loads its
+    compiled programs instead of compiling them."""
     if where in ("", "off"):
         return
     import jax
 
     jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_compilation_cache_max_size", compile_cache_max_bytes())
     # every program, down to the eager initialisers' small ones (init is mostly those)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
