@@ -239,8 +239,11 @@ class _Signals:
     signal acts as it would without jaxae.
     """
 
+    def __init__(self):
+        self.signum = None  # the last signal received
+        self._old = {}  # the handlers to put back
+
     def __enter__(self):
-        self.signum, self._old = None, {}
         if threading.current_thread() is threading.main_thread():
             sigs = (signal.SIGINT, signal.SIGTERM)
             self._old = {s: signal.signal(s, self._handle) for s in sigs}
