@@ -145,8 +145,10 @@ def evaluate_run(
     recorded in the row's ``failed`` dict ({phase: reason}); the rest stands.
     The reconstruction MSE and the active units are the training loop's test metrics
     (``Loaded.test_metrics``, or ``test`` when the caller has them already).
-    ``classifier``: a ``jaxae.quality.TrainedClassifier`` or its folder; by default the
-    one next to the run (``models/classifier-<dataset>``), trained there when missing.
+    ``classifier``: a ``jaxae.quality.TrainedClassifier`` or its file or folder; by
+    default the one that ships with jaxae for the run's dataset, else the one next to the
+    run (``models/classifier-<dataset>``), trained there when missing
+    (``resolve_classifier``).
     """
     if k and k % chunk:
         chunk = next(c for c in range(min(chunk, k), 0, -1) if k % c == 0)
@@ -180,7 +182,7 @@ def evaluate_run(
                 record_failure(row, "IW bound", err)
             rows[i] = row
     if quality_samples:
-        clf = quality.resolve(classifier, Path(run.path).parent, tcfg.dataset, progress=progress)
+        clf = resolve_classifier(run, classifier, progress=progress)
         log.info(f"sample scores: {quality_samples} samples of each of {len(rows)} members")
         scored = sample_quality(run, clf, n=quality_samples, seed=seed, progress=progress)
         for row, s in zip(rows, scored, strict=True):
@@ -189,6 +191,14 @@ def evaluate_run(
             if failed:
                 row["failed"] = failed
     return rows
+
+
+def resolve_classifier(run: Loaded, classifier=None, *, progress=None):
+    """The ``jaxae.quality.TrainedClassifier`` that scores a run's samples: ``classifier``
+    (itself, or its file or folder), else the one that ships with jaxae for the run's
+    dataset, else ``classifier-<dataset>`` beside the run, trained there when missing
+    (``jaxae.quality.resolve``). Its ``record()`` is what eval.json notes of it."""
+    return quality.resolve(classifier, Path(run.path).parent, run.train.dataset, progress=progress)
 
 
 def sample_quality(run: Loaded, clf, *, n: int = 10000, seed: int = 0, progress=None):

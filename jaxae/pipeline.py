@@ -178,8 +178,10 @@ def run_sweep(
 ):
     """Train a sweep, evaluate the saved checkpoint with ``jaxae.metrics.evaluate_run``,
     score ``quality_samples`` decoded samples per member with the digit classifier
-    (``jaxae.quality``; ``classifier``: its folder, by default beside the run, trained
-    there when missing), then write results.json/csv and figures next to it.
+    (``jaxae.quality.resolve``; ``classifier``: its file or folder, by default the one that
+    ships with jaxae for the dataset, else one beside the run, trained there when missing;
+    results.json records it: ``TrainedClassifier.record``, with its sha256), then write
+    results.json/csv and figures next to it.
 
     What was trained is never lost to a later phase: a score or figure that fails is
     recorded (the member's ``failed`` dict in its row, ``failures`` in results.json) with
@@ -201,8 +203,9 @@ def run_sweep(
         )
         run = load(out)
         evals = evaluate_run(run, k=eval_k, progress=kwargs.get("progress"), test=result["test"])
+    clf = None  # the classifier that scores the samples, on the primary process
     if quality_samples and hosts.is_primary():
-        with sw("classifier"):  # trained on the first run only
+        with sw("classifier"):  # shipped, or trained on the first run only
             clf = quality.resolve(classifier, out.parent, sweep.train.dataset, log=log)
         with sw("sample quality"):
             log(f"sample scores: {quality_samples} samples of each of {len(run.members)} members")
@@ -256,6 +259,8 @@ def run_sweep(
         "dropped": result["dropped"],
         "failures": failures,
     }
+    if clf is not None:  # the classifier that scored the samples: its sha256 and origin
+        extra["classifier"] = clf.record()
     write_tables(out, rows, summary, extra)
     log(f"wrote results.json, results.csv and figures to {out}")
     return result, rows, summary

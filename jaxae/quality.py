@@ -1,8 +1,12 @@
 """Sample quality measured by a digit classifier: confidence, class diversity, Fréchet distance.
 
-Whether decoded samples *look like digits* is judged by a small convolutional classifier
-trained by the project (``python -m jaxae.classifier``; checkpoint under
-``models/classifier-<dataset>``, trained when missing). For a set of generated images:
+Whether decoded samples *look like digits* is judged by a small convolutional classifier.
+The MNIST and Fashion-MNIST classifiers ship with the package
+(``jaxae/weights/classifier-<dataset>.npz``, each checked against the sha256 recorded in
+``SHIPPED`` when loaded), so scores compare across installs; ``python -m jaxae.classifier
+--retrain`` trains them again from fixed seeds. Another dataset's classifier is trained on
+first use into ``classifier-<dataset>`` beside the runs (or in ``$JAXAE_CLASSIFIER_DIR``).
+For a set of generated images:
 
 - ``confidence``: the mean probability of the predicted class (1 for unambiguous digits);
 - ``class_entropy``: the entropy (nats) of the histogram of predicted classes: log 10 =
@@ -18,10 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import io
+import json
 import logging
 import math
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import flax.linen as nn
@@ -31,7 +39,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxae.checkpoint import Checkpointer, CheckpointError
+from jaxae.checkpoint import Checkpointer, CheckpointError, flat_leaves
 from jaxae.config import TrainConfig
 from jaxae.data import load as load_data
 from jaxae.runner import bar_disabled
@@ -39,6 +47,24 @@ from jaxae.step import jit_epoch_batches, lr_schedule, make_optimizer
 
 # the image shape of a saved classifier whose config does not record one
 DEFAULT_SHAPE = (28, 28, 1)
+
+# the classifiers that ship with the package: jaxae/weights/classifier-<dataset>.npz, and
+# the sha256 of each file, checked whenever it is loaded. ``python -m jaxae.classifier
+# --retrain --dataset <dataset>`` writes the file again (EPOCHS epochs from SEED) and
+# prints its digest. Training on CPU is deterministic: the same JAX and XLA versions write
+# the same bytes; other versions or backends may round differently, and give another digest.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED = {
+    "mnist": "94cd1de410d44e1b4b7f6472088480559925904fdee81ac67c6873cff3848f0e",
+    "fashion_mnist": "a59ea6ba5b699a9bec3aa04db108484d3848cb46de778511097bf2cc7c6ad368",
+}
+EPOCHS = 8
+SEED = 0
+
+
+class ClassifierError(CheckpointError):
+    """A classifier weights file is unreadable, corrupt or not the one recorded; the
+    message names the file."""
 
 
 def patches(h, stride: int):
@@ -73,13 +99,28 @@ class Classifier(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class TrainedClassifier:
     """A restored classifier: its params, the dataset it learnt, its test accuracy, its
-    folder and the shape (H, W, C) of the images it reads."""
+    file or folder, the shape (H, W, C) of the images it reads, the sha256 of its weights
+    file (``digest``: of the file for a .npz, of ``weights_bytes`` of its params and
+    config for a checkpoint folder) and ``source``: "shipped" (the package's file) or
+    "path" (a file or folder named by the caller or trained on first use)."""
 
     params: dict
     dataset: str
     accuracy: float
     path: str
     shape: tuple[int, int, int] = DEFAULT_SHAPE
+    digest: str = ""
+    source: str = "path"
+
+    def record(self) -> dict:
+        """What results.json and eval.json record of the classifier that scored them."""
+        return {
+            "source": self.source,
+            "dataset": self.dataset,
+            "digest": self.digest,
+            "test_accuracy": self.accuracy,
+            "path": self.path,
+        }
 
     def apply(self, x, batch: int = 250):
         """(logits (N, 10), features (N, 128)) as numpy for images x (N, H * W * C) (or
@@ -194,12 +235,22 @@ def train_classifier(
     return params, accuracy(params, *test)
 
 
+def _slug(dataset: str) -> str:
+    return dataset.replace(":", "_").replace("/", "_")
+
+
 def default_path(models_dir, dataset: str) -> Path:
-    """Where the classifier of a dataset lives: ``<root>/classifier-<dataset>``; the root
-    is ``$JAXAE_CLASSIFIER_DIR`` when set (one classifier for several model folders),
-    else ``models_dir``."""
+    """Where the classifier of a dataset is trained on first use:
+    ``<root>/classifier-<dataset>``; the root is ``$JAXAE_CLASSIFIER_DIR`` when set (one
+    classifier for several model folders), else ``models_dir``."""
     root = os.environ.get("JAXAE_CLASSIFIER_DIR") or models_dir
-    return Path(root) / f"classifier-{dataset.replace(':', '_').replace('/', '_')}"
+    return Path(root) / f"classifier-{_slug(dataset)}"
+
+
+def shipped_path(dataset: str) -> Path:
+    """The package's weights file of a dataset's classifier (``SHIPPED`` lists those that
+    exist)."""
+    return WEIGHTS_DIR / f"classifier-{_slug(dataset)}.npz"
 
 
 def _abstract(shape):
@@ -207,11 +258,117 @@ def _abstract(shape):
     return jax.eval_shape(lambda: Classifier(shape).init(jax.random.key(0), x))
 
 
-def load_classifier(path) -> TrainedClassifier:
-    """Restore a classifier saved by ``fit_classifier``; CheckpointError when absent/corrupt.
+def sha256(data: bytes) -> str:
+    """The hex sha256 digest of some bytes."""
+    return hashlib.sha256(data).hexdigest()
 
-    Its network reads images of the config's ``image_shape`` (28x28x1 when not recorded).
+
+def weights_bytes(params, cfg: dict) -> bytes:
+    """A classifier as the bytes of its .npz weights file: one array per parameter, named
+    by its path (``jaxae.checkpoint.flat_leaves``: ``params/Dense_0/kernel``), and
+    ``config``, its config as a JSON string.
+
+    The same params and config always give the same bytes (entries sorted by name, fixed
+    timestamps, stored uncompressed), so the file's sha256 identifies the classifier;
+    ``numpy.load`` reads the file.
     """
+    arrays = {k: np.asarray(v) for k, v in flat_leaves(params).items()}
+    arrays["config"] = np.asarray(json.dumps(cfg, sort_keys=True))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name in sorted(arrays):
+            npy = io.BytesIO()
+            np.lib.format.write_array(npy, np.asarray(arrays[name], order="C"), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3  # the same bytes on every platform
+            info.external_attr = 0o644 << 16
+            z.writestr(info, npy.getvalue())
+    return buf.getvalue()
+
+
+def _from_arrays(arrays: dict) -> tuple[dict, dict, tuple[int, int, int]]:
+    """(params, config, image shape) of a weights file's arrays; ValueError when they are
+    not the parameters of a ``Classifier``."""
+    cfg = json.loads(str(arrays.pop("config")))
+    if not isinstance(cfg, dict) or cfg.get("type") != "classifier":
+        raise ValueError("not a jaxae classifier")
+    shape = tuple(int(d) for d in cfg.get("image_shape", DEFAULT_SHAPE))
+    abstract = _abstract(shape)
+    want = flat_leaves(abstract)
+    if set(arrays) != set(want):
+        raise ValueError(f"parameters {sorted(arrays)} are not the network's {sorted(want)}")
+    leaves = []
+    for name, spec in want.items():
+        a = arrays[name]
+        if a.shape != spec.shape or a.dtype != spec.dtype:
+            raise ValueError(
+                f"{name} is {a.dtype}{list(a.shape)}, "
+                f"the network's is {spec.dtype}{list(spec.shape)}"
+            )
+        leaves.append(jnp.asarray(a))
+    return jax.tree.unflatten(jax.tree.structure(abstract), leaves), cfg, shape
+
+
+def load_weights(path, digest: str | None = None) -> TrainedClassifier:
+    """Restore a classifier from its .npz weights file (``weights_bytes``).
+
+    Args:
+        digest: the sha256 the file must have (a shipped file's, from ``SHIPPED``); None:
+            any.
+    Raises:
+        ClassifierError, naming the file: it is missing or unreadable, its sha256 is not
+        ``digest``, or it does not hold a classifier's parameters.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ClassifierError(f"cannot read classifier weights {path}: {e.strerror or e}") from e
+    got = sha256(data)
+    if digest is not None and got != digest:
+        raise ClassifierError(
+            f"classifier weights {path} are corrupt or modified: their sha256 {got} is not the "
+            f"recorded {digest} (reinstall jaxae, or write them again with "
+            "python -m jaxae.classifier --retrain)"
+        )
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        params, cfg, shape = _from_arrays(arrays)
+    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as e:
+        raise ClassifierError(f"classifier weights {path} are unreadable: {e}") from e
+    acc = float(cfg.get("test_accuracy", 0.0))
+    return TrainedClassifier(params, cfg.get("dataset", ""), acc, str(path), shape, got)
+
+
+def load_shipped(dataset: str) -> TrainedClassifier:
+    """The classifier of ``dataset`` that ships with the package, its file's sha256
+    checked against ``SHIPPED`` (ClassifierError, naming the file, when it differs)."""
+    if dataset not in SHIPPED:
+        raise ClassifierError(f"no classifier of {dataset} ships with jaxae (only {list(SHIPPED)})")
+    clf = load_weights(shipped_path(dataset), SHIPPED[dataset])
+    if clf.dataset != dataset:
+        raise ClassifierError(f"{clf.path} is a classifier of {clf.dataset}, not of {dataset}")
+    return dataclasses.replace(clf, source="shipped")
+
+
+def _shipped_dataset(path: Path) -> str | None:
+    """The dataset whose shipped weights file ``path`` is, or None."""
+    return next((d for d in SHIPPED if shipped_path(d) == path.resolve()), None)
+
+
+def load_classifier(path) -> TrainedClassifier:
+    """Restore a classifier: a .npz weights file (``load_weights``; a shipped file is
+    checked against its recorded digest) or a checkpoint folder saved by
+    ``fit_classifier``; CheckpointError when absent or corrupt.
+
+    A folder's network reads images of the config's ``image_shape`` (28x28x1 when not
+    recorded); its digest is the sha256 of ``weights_bytes`` of its params and config.
+    """
+    p = Path(path)
+    if p.suffix == ".npz" or p.is_file():
+        shipped = _shipped_dataset(p)
+        return load_shipped(shipped) if shipped else load_weights(p)
     with Checkpointer(path, create=False, local=True) as mgr:
         cfg = mgr.read_config()
         if cfg.get("type") != "classifier":
@@ -220,55 +377,75 @@ def load_classifier(path) -> TrainedClassifier:
         shape = tuple(int(d) for d in cfg.get("image_shape", DEFAULT_SHAPE))
         target = jax.tree.map(lambda a: a.update(sharding=device), _abstract(shape))
         params = mgr.restore({"params": target})["params"]
-    return TrainedClassifier(params, cfg["dataset"], cfg["test_accuracy"], str(path), shape)
+    digest = sha256(weights_bytes(params, cfg))
+    return TrainedClassifier(params, cfg["dataset"], cfg["test_accuracy"], str(path), shape, digest)
 
 
 def resolve(classifier, models_dir, dataset: str, **kw) -> TrainedClassifier:
-    """``classifier`` as a TrainedClassifier: itself, the one in its folder, or (None) the
-    one at ``default_path(models_dir, dataset)``; trained where it is missing
-    (``fit_classifier``, which gets ``kw``)."""
+    """The classifier that scores samples of ``dataset``, the first of:
+
+    1. ``classifier`` itself (a TrainedClassifier), or the one in its file or folder
+       (trained there when missing: ``fit_classifier``, which gets ``kw``);
+    2. the one that ships with the package for ``dataset`` (``SHIPPED``);
+    3. the one at ``default_path(models_dir, dataset)``, trained there when missing.
+    """
     if isinstance(classifier, TrainedClassifier):
         return classifier
-    return fit_classifier(classifier or default_path(models_dir, dataset), dataset, **kw)
+    if classifier:
+        return fit_classifier(classifier, dataset, **kw)
+    if dataset in SHIPPED:
+        return load_shipped(dataset)
+    return fit_classifier(default_path(models_dir, dataset), dataset, **kw)
 
 
 def fit_classifier(
     path,
     dataset: str = "mnist",
     *,
-    epochs: int = 8,
+    epochs: int = EPOCHS,
     retrain: bool = False,
     log=None,
     progress: bool | None = None,
     train_size: int | None = None,
+    seed: int = SEED,
 ) -> TrainedClassifier:
-    """The classifier at ``path``: restored when there, else trained and saved there.
+    """The classifier at ``path``: restored when there (unless ``retrain``), else trained
+    from ``seed`` and saved there: as a .npz weights file when ``path`` ends in .npz
+    (``weights_bytes``: the format of the shipped classifiers), else as a checkpoint folder.
 
     ``train_size`` trains on the first N training images only (tests, quick looks).
     """
-    if not retrain and Path(path).exists():
+    path = Path(path)
+    if not retrain and path.exists():
         clf = load_classifier(path)
         if clf.dataset != dataset:
             raise CheckpointError(f"{path} is a classifier of {clf.dataset}, not of {dataset}")
         return clf
     log = log or logging.getLogger("jaxae").info
-    log(f"training the {dataset} classifier ({epochs} epochs) into {path}")
+    log(f"training the {dataset} classifier ({epochs} epochs, seed {seed}) into {path}")
     start = time.perf_counter()
     train, test = load_data(dataset, "train"), load_data(dataset, "test")
     train = (train[0][:train_size], train[1][:train_size])
-    params, acc = train_classifier(train, test, epochs=epochs, progress=progress)
+    params, acc = train_classifier(train, test, epochs=epochs, seed=seed, progress=progress)
     shape = tuple(int(d) for d in train[0].shape[1:])
     cfg = {"type": "classifier", "dataset": dataset, "epochs": epochs, "test_accuracy": acc}
-    cfg.update(train_size=len(train[0]), image_shape=list(shape))
-    with Checkpointer(path, max_to_keep=1, local=True) as mgr:
-        step = (mgr.latest_step() or 0) + 1
-        mgr.save(step, {"params": params}, cfg, wait=True)
+    cfg.update(train_size=len(train[0]), image_shape=list(shape), seed=seed)
+    data = weights_bytes(params, cfg)
+    if path.suffix == ".npz":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # a reader sees the old file or the new one, never half
+    else:
+        with Checkpointer(path, max_to_keep=1, local=True) as mgr:
+            step = (mgr.latest_step() or 0) + 1
+            mgr.save(step, {"params": params}, cfg, wait=True)
     secs = time.perf_counter() - start
     log(
         f"classifier test accuracy {100 * acc:.2f} % ({len(test[0]):,} {dataset} test digits), "
         f"trained in {secs:.0f} s"
     )
-    return TrainedClassifier(params, dataset, acc, str(path), shape)
+    return TrainedClassifier(params, dataset, acc, str(path), shape, sha256(data))
 
 
 # --- the scores --------------------------------------------------------------------------------

@@ -39,13 +39,23 @@ if _data_dir() is not None:  # for module-scoped fixtures and subprocesses too
 
 @pytest.fixture(scope="session", autouse=True)
 def classifier_dir(tmp_path_factory, data_dir):
-    """A quickly trained digit classifier (1 epoch on 2,560 digits) that every command run
-    by the tests finds through $JAXAE_CLASSIFIER_DIR, so no test trains the full one."""
+    """$JAXAE_CLASSIFIER_DIR for every command run by the tests, holding a checkpoint
+    folder (``classifier-mnist``) of the shipped MNIST classifier: the same params and
+    config, so the same digest. MNIST samples are scored with the shipped classifier by
+    default and with this folder where a test names it (``--classifier``); no test trains
+    the full classifier."""
+    import json
+
+    import numpy as np
+
     from jaxae import quality
+    from jaxae.checkpoint import Checkpointer
 
     root = tmp_path_factory.mktemp("classifier")
-    quality.fit_classifier(
-        quality.default_path(root, "mnist"), "mnist", epochs=1, train_size=2560, log=lambda m: None
-    )
+    clf = quality.load_shipped("mnist")
+    with np.load(quality.shipped_path("mnist")) as z:
+        cfg = json.loads(str(z["config"]))
+    with Checkpointer(quality.default_path(root, "mnist"), max_to_keep=1, local=True) as mgr:
+        mgr.save(1, {"params": clf.params}, cfg, wait=True)
     os.environ["JAXAE_CLASSIFIER_DIR"] = str(root)
     return root

@@ -1,7 +1,9 @@
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from helpers import embed, tiny_model
+from helpers import embed, tiny_model, tiny_train
 
 from jaxae.losses import gaussian_log_density
 from jaxae.metrics import iw_bound, log_weights, model_iw_terms, pca_mse
@@ -115,3 +117,35 @@ def test_active_units_by_hand():
     m1, m2 = z.mean(0), np.square(z).mean(0)  # the moments the evaluation sums
     assert active_units(m1, m2) == 2
     assert active_units(m1, m2, threshold=0.001) == 3
+
+
+def test_scored_results_and_eval_record_the_classifier_s_digest(
+    tmp_path, classifier_dir, monkeypatch
+):
+    # a sweep scored by default: results.json names the shipped classifier by its sha256;
+    # jaxae.evaluate's eval.json the same, or the folder --classifier names
+    import jaxae.cli
+    from jaxae import quality
+    from jaxae.cli import evaluate
+    from jaxae.config import Member, SweepConfig
+    from jaxae.pipeline import run_sweep
+
+    sweep = SweepConfig((Member(tiny_model(), 0),), tiny_train(epochs=1))
+    kw = {"models_dir": tmp_path / "m", "runs_dir": tmp_path / "r", "progress": False}
+    run_sweep(sweep, "s", quality_samples=200, log=lambda m: None, **kw)
+    run = tmp_path / "m" / "s"
+    doc = json.loads((run / "results.json").read_text())
+    digest = quality.SHIPPED["mnist"]
+    shipped = {"source": "shipped", "dataset": "mnist", "digest": digest}
+    assert shipped.items() <= doc["classifier"].items(), doc["classifier"]
+    assert doc["members"][0]["frechet"] > 0
+    monkeypatch.setattr(jaxae.cli, "console_log", lambda: None)
+    argv = ["--ckpt", str(run), "--k", "0", "--quality-samples", "200", "--no-progress"]
+    assert evaluate.main(argv) == 0
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["classifier"] == doc["classifier"]
+    assert ev["members"][0]["frechet"] == doc["members"][0]["frechet"]
+    folder = quality.default_path(classifier_dir, "mnist")  # the shipped params (conftest)
+    assert evaluate.main([*argv, "--classifier", str(folder)]) == 0
+    ev = json.loads((run / "eval.json").read_text())["classifier"]
+    assert (ev["source"], ev["path"], ev["digest"]) == ("path", str(folder), digest)

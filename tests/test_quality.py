@@ -1,5 +1,9 @@
 """The sample-quality scores: Fréchet distance against closed forms, class entropy by hand,
-the classifier's patch convolutions against lax's, and its train-once checkpoint."""
+the classifier's patch convolutions against lax's, its train-once checkpoint, and the
+shipped classifiers: their digests, accuracy, refusal of a corrupt file, the retrain."""
+
+import hashlib
+import json
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +12,10 @@ import pytest
 import scipy.linalg
 from helpers import run_cli
 
+import jaxae.cli
 from jaxae import quality
 from jaxae.checkpoint import Checkpointer, CheckpointError
+from jaxae.cli import classifier as classifier_cli
 from jaxae.data import load
 
 
@@ -68,20 +74,20 @@ def test_patch_convolution_is_a_padded_strided_convolution():
 
 
 @pytest.fixture(scope="module")
-def clf(tmp_path_factory, data_dir):
-    """A classifier trained briefly (2 epochs on 6,400 digits) into a missing folder."""
-    path = tmp_path_factory.mktemp("q") / "classifier-mnist"
-    logs = []
-    out = quality.fit_classifier(path, "mnist", epochs=2, train_size=6400, log=logs.append)
+def clf(data_dir):
+    """The MNIST classifier that ships with the package."""
+    return quality.load_shipped("mnist")
+
+
+def test_classifier_is_trained_once_then_restored(tmp_path, monkeypatch, data_dir):
+    # 2 epochs on 6,400 digits into a missing folder; the shipped one reaches 99 %
+    path, logs = tmp_path / "classifier-mnist", []
+    clf = quality.fit_classifier(path, "mnist", epochs=2, train_size=6400, log=logs.append)
     assert any("training" in m for m in logs) and path.is_dir()
-    return out
-
-
-def test_classifier_is_trained_once_then_restored(clf, monkeypatch):
-    assert clf.accuracy > 0.9  # 2 epochs on 6,400 digits; the full command reaches 99 %
+    assert clf.accuracy > 0.9 and clf.source == "path"
     monkeypatch.setattr(quality, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
     again = quality.fit_classifier(clf.path, "mnist")
-    assert again.accuracy == clf.accuracy
+    assert again.accuracy == clf.accuracy and again.digest == clf.digest
     for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(clf.params), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(CheckpointError, match="classifier of mnist, not of fashion_mnist"):
@@ -117,7 +123,7 @@ def test_classifier_of_another_image_shape_trains_saves_and_restores(tmp_path, m
 
 def test_classifier_saved_without_its_shape_restores_as_28x28x1(clf, tmp_path):
     # a classifier config that records no image shape is one of 28x28x1 digits
-    cfg = {"type": "classifier", "dataset": "mnist", "epochs": 2, "test_accuracy": 0.5}
+    cfg = {"type": "classifier", "dataset": "mnist", "epochs": 8, "test_accuracy": 0.5}
     with Checkpointer(tmp_path / "old", max_to_keep=1, local=True) as mgr:
         mgr.save(1, {"params": clf.params}, {**cfg, "train_size": 6400}, wait=True)
     old = quality.load_classifier(tmp_path / "old")
@@ -143,7 +149,7 @@ def test_scores_of_real_and_fake_digits(clf):
     logits, _ = clf.apply(train[:10000].reshape(10000, -1) / 255.0)
     assert other["confidence"] == pytest.approx(_softmax(logits).max(1).mean(), rel=1e-5)
     blank = quality.scores(clf, np.zeros((500, 784)), ref)
-    assert blank["confidence"] < 0.3 < other["confidence"] - 0.3  # measured: 0.11 and 0.83
+    assert blank["confidence"] < 0.3 < other["confidence"] - 0.3  # shipped: 0.12 and 0.99
 
 
 def _softmax(logits):
@@ -174,3 +180,102 @@ def test_classifier_command_trains_once_and_prints_its_accuracy(tmp_path):
     assert "training the" not in second.stderr  # found, not trained again
     acc = [ln for ln in first.stdout.splitlines() if "test accuracy" in ln][-1]
     assert acc in second.stdout and "Fréchet distance" in second.stdout
+
+
+# --- the shipped classifiers -------------------------------------------------------------------
+
+
+def test_shipped_classifiers_load_and_match_their_recorded_digests(data_dir):
+    assert set(classifier_cli.SHIPPED) == set(quality.SHIPPED)  # --help names them, JAX-free
+    for dataset, digest in quality.SHIPPED.items():
+        path = quality.shipped_path(dataset)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        clf = quality.load_shipped(dataset)
+        assert (clf.dataset, clf.digest, clf.source) == (dataset, digest, "shipped")
+        assert clf.shape == (28, 28, 1) and clf.path == str(path)
+        assert clf.record() == {
+            "source": "shipped",
+            "dataset": dataset,
+            "digest": digest,
+            "test_accuracy": clf.accuracy,
+            "path": str(path),
+        }
+        # the file is weights_bytes of its params and config, trained as --retrain trains
+        with np.load(path) as z:
+            cfg = json.loads(str(z["config"]))
+        assert quality.weights_bytes(clf.params, cfg) == path.read_bytes()
+        assert (cfg["epochs"], cfg["seed"], cfg["train_size"]) == (quality.EPOCHS, 0, 60000)
+        if (data_dir / dataset).is_dir():  # its recorded test accuracy, measured again
+            x, y = load(dataset, "test")
+            assert quality.accuracy(clf.params, x, y) == pytest.approx(clf.accuracy, abs=3e-4)
+
+
+def test_shipped_mnist_classifier_reaches_98_percent_on_the_test_set(clf):
+    x, y = load("mnist", "test")
+    assert len(y) == 10000 and quality.accuracy(clf.params, x, y) >= 0.98
+
+
+def test_scores_use_the_named_then_the_shipped_then_a_trained_classifier(
+    classifier_dir, tmp_path, monkeypatch
+):
+    # conftest's folder holds the shipped params and config: a classifier named by its
+    # folder is scored as "path", with the same digest
+    folder = quality.default_path(classifier_dir, "mnist")
+    assert folder.is_dir()
+    named = quality.resolve(str(folder), tmp_path, "mnist")
+    assert (named.source, named.path, named.digest) == (
+        "path",
+        str(folder),
+        quality.SHIPPED["mnist"],
+    )
+    # none named: the shipped one, though a folder lies where one would be trained
+    shipped = quality.resolve(None, tmp_path, "mnist")
+    assert (shipped.source, shipped.digest) == ("shipped", quality.SHIPPED["mnist"])
+    # a dataset without shipped weights: trained on first use in classifier-<dataset>
+    monkeypatch.delenv("JAXAE_CLASSIFIER_DIR")
+    calls = []
+    monkeypatch.setattr(quality, "fit_classifier", lambda p, d, **kw: calls.append((p, d)))
+    quality.resolve(None, tmp_path, "tfds:kmnist")
+    assert calls == [(tmp_path / "classifier-tfds_kmnist", "tfds:kmnist")]
+
+
+def test_a_corrupt_copy_of_the_shipped_file_is_refused_naming_it(tmp_path, monkeypatch, capsys):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    bad = weights / "classifier-mnist.npz"
+    data = bytearray(quality.shipped_path("mnist").read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one weight
+    bad.write_bytes(bytes(data))
+    with pytest.raises(quality.ClassifierError, match="sha256") as e:
+        quality.load_weights(bad, quality.SHIPPED["mnist"])
+    assert str(bad) in str(e.value) and quality.SHIPPED["mnist"] in str(e.value)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a weights file")
+    with pytest.raises(quality.ClassifierError, match=f"{garbage} are unreadable"):
+        quality.load_classifier(garbage)
+    # in the package's place: the scores refuse it, and the command in one line, exit 1
+    monkeypatch.setattr(quality, "WEIGHTS_DIR", weights)
+    with pytest.raises(quality.ClassifierError, match="sha256"):
+        quality.resolve(None, tmp_path, "mnist")
+    monkeypatch.setattr(jaxae.cli, "console_log", lambda: None)
+    assert classifier_cli.main(["--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "sha256" in err, err
+
+
+def test_retrain_writes_a_weights_file_whose_digest_reproduces(tmp_path, data_dir):
+    out = tmp_path / "w" / "clf.npz"
+    args = ("jaxae.classifier", "--retrain", "--out", str(out), "--epochs", "1")
+    p = run_cli(*args, "--train-size", "640", "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert f"sha256 {digest}" in p.stdout and "trained in" in p.stdout
+    assert digest != quality.SHIPPED["mnist"]  # 1 epoch on 640 digits; the package's untouched
+    assert quality.load_shipped("mnist").digest == quality.SHIPPED["mnist"]
+    # the same seed, data and steps in this process: the same bytes
+    again = quality.fit_classifier(
+        tmp_path / "again.npz", "mnist", epochs=1, train_size=640, retrain=True, log=print
+    )
+    assert again.digest == digest and (tmp_path / "again.npz").read_bytes() == out.read_bytes()
+    loaded = quality.load_classifier(out)
+    assert (loaded.digest, loaded.source, loaded.accuracy) == (digest, "path", again.accuracy)

@@ -26,10 +26,12 @@ def parser() -> Parser:
         "al. 2016), reconstruction MSE per pixel, active latent units (posterior-mean "
         "variance > 0.01) and the PCA baseline of the same size. Writes eval.json next to "
         "the checkpoint and prints a table. Bounds are in nats on the binarized test set. "
-        "Sample quality: a digit classifier (python -m jaxae.classifier; trained first "
-        "when missing) scores decoded samples: mean confidence, entropy of the predicted "
-        "classes (log 10 = 2.30: all classes alike) and the Fréchet distance of its features "
-        "to the test set's (FD: an MNIST analogue of FID, not comparable with Inception FIDs); "
+        "Sample quality: a digit classifier (python -m jaxae.classifier: for MNIST and "
+        "Fashion-MNIST the one that ships with jaxae, unless --classifier names another; "
+        "eval.json records its sha256) scores decoded samples: mean confidence, entropy of "
+        "the predicted classes (log 10 = 2.30: all classes alike) and the Fréchet distance "
+        "of its features to the test set's (FD: an MNIST analogue of FID, not comparable "
+        "with Inception FIDs); "
         "z ~ N(0, I) for every member, and for an AE also z from a Gaussian mixture fitted "
         "on its training codes (FD GMM).",
     )
@@ -84,11 +86,14 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
 
     def run_main():
-        from jaxae.metrics import evaluate_run
+        from jaxae.metrics import evaluate_run, resolve_classifier
         from jaxae.restore import load
 
         run = load(args.ckpt, args.step)
         t = time.perf_counter()
+        clf = None
+        if args.quality_samples:
+            clf = resolve_classifier(run, args.classifier, progress=args.progress)
         rows = evaluate_run(
             run,
             k=args.k,
@@ -97,11 +102,14 @@ def main(argv=None) -> int:
             seed=args.seed,
             progress=args.progress,
             quality_samples=args.quality_samples,
-            classifier=args.classifier,
+            classifier=clf,
         )
         secs = time.perf_counter() - t
         out = Path(run.path) / "eval.json"
-        out.write_text(json.dumps({"step": run.step, "seconds": secs, "members": rows}, indent=1))
+        doc = {"step": run.step, "seconds": secs, "members": rows}
+        if clf is not None:  # the classifier that scored the samples: its sha256 and origin
+            doc["classifier"] = clf.record()
+        out.write_text(json.dumps(doc, indent=1))
         print(format_rows(rows))
         print(f"evaluated in {secs:.1f} s; wrote {out}")
         failed = sum(len(r.get("failed", {})) for r in rows)
