@@ -242,8 +242,10 @@ def add_quality_flags(p) -> None:
     p.add_argument(
         "--classifier",
         default=None,
-        help="classifier folder (default: classifier-<dataset> in $JAXAE_CLASSIFIER_DIR or "
-        "beside the runs; trained there first when missing: python -m jaxae.classifier)",
+        help="classifier file or folder (default: the one shipped with jaxae for mnist and "
+        "fashion_mnist, so scores compare across installs; for another dataset "
+        "classifier-<dataset> in $JAXAE_CLASSIFIER_DIR or beside the runs, trained there "
+        "when missing: python -m jaxae.classifier)",
     )
 
 
