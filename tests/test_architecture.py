@@ -44,7 +44,14 @@ LAYERS = [
         "jaxae.cli.sweep",
         "jaxae.cli.classifier",
     },
-    {"jaxae.train", "jaxae.sample", "jaxae.evaluate", "jaxae.classifier", "jaxae"},
+    {
+        "jaxae.train",
+        "jaxae.sample",
+        "jaxae.evaluate",
+        "jaxae.classifier",
+        "jaxae.report",
+        "jaxae",
+    },
 ]
 
 
