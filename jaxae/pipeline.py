@@ -96,6 +96,7 @@ COLUMNS = {  # results key -> (header, decimals)
     "class_entropy": ("classes H", 2),
     "frechet": ("FD", 1),
     "frechet_gmm": ("FD GMM", 1),
+    "nll_iw": ("IW NLL", 2),
 }
 LATENT_COLUMNS = (
     "test_loss",
@@ -107,6 +108,7 @@ LATENT_COLUMNS = (
     "confidence",
     "frechet",
     "frechet_gmm",
+    "nll_iw",  # with --eval-k
 )
 
 

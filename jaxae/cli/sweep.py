@@ -171,6 +171,7 @@ BETA_COLUMNS = (
     "confidence",
     "class_entropy",
     "frechet",
+    "nll_iw",  # with --eval-k
 )
 
 
