@@ -438,6 +438,9 @@ for i in range(30):
 sizes = [p.stat().st_size for p in pathlib.Path(where).glob("*-cache")]
 print(json.dumps({"where": where, "bound": cli.compile_cache_max_bytes(), "sizes": sizes}))
 """
+    # an entry an unbounded cache wrote (no access-time file) must not stop the writes
+    (tmp_path / "jax").mkdir()
+    (tmp_path / "jax" / "jit_old-0123-cache").write_bytes(b"\0" * 100)
     env = {"JAXAE_COMPILE_CACHE": "", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax")}
     env["JAX_COMPILATION_CACHE_MAX_SIZE"] = "30000"
     p = run_py("-W", "error::UserWarning", "-c", script, env=env)

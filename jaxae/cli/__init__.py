@@ -316,10 +316,32 @@ def use_compile_cache(where: str) -> None:
         return
     import jax
 
+    bound = compile_cache_max_bytes()
+    if bound != -1:
+        _give_entries_access_times(where)
     jax.config.update("jax_compilation_cache_dir", where)
-    jax.config.update("jax_compilation_cache_max_size", compile_cache_max_bytes())
+    jax.config.update("jax_compilation_cache_max_size", bound)
     # every program, down to the eager initialisers' small ones (init is mostly those)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def _give_entries_access_times(where: str) -> None:
+    """Entries written to the cache without a size bound have no ``-atime`` file; a
+    bounded cache reads one for every entry before each write (to evict the least
+    recently used), and one missing file makes every write fail. Each such entry gets
+    its modification time as its access time."""
+    import pathlib
+
+    folder = pathlib.Path(where)
+    if not folder.is_dir():
+        return
+    for entry in folder.glob("*-cache"):
+        atime = entry.with_name(entry.name.removesuffix("-cache") + "-atime")
+        if not atime.exists():
+            try:
+                atime.write_bytes(entry.stat().st_mtime_ns.to_bytes(8, "little"))
+            except OSError:  # a read-only cache: JAX reports its own errors
+                return
 
 
 def start_hosts(args) -> None:
