@@ -175,20 +175,10 @@ def embed(small, big):
 
 def one_model(cfg: ModelConfig, tcfg: TrainConfig):
     """One unstacked model's ``state``, ``hyper`` and ``step`` (what a sweep stacks and
-    vmaps), from the library's pieces and the seed ``tcfg.seed``."""
-    from types import SimpleNamespace
+    vmaps), from the library's pieces and the seed ``tcfg.seed``: the benchmarks' own."""
+    from benchmarks.run import one_model as build
 
-    from jaxae.keys import model_keys
-    from jaxae.models import Model
-    from jaxae.step import init_state, make_optimizer, model_step
-    from jaxae.sweep import model_hyper
-
-    tx = make_optimizer(tcfg)
-    return SimpleNamespace(
-        state=init_state(cfg, tx, model_keys(tcfg.seed)["init"]),
-        hyper=model_hyper(cfg, tcfg.seed, tcfg=tcfg),
-        step=model_step(Model(cfg), tx, binarize=tcfg.binarize),
-    )
+    return build(cfg, tcfg)
 
 
 def only_member(state):
