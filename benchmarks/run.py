@@ -31,6 +31,7 @@ SECTIONS = (
     "archs",
     "iw",
     "rss",
+    "members",
 )
 LATENTS = (2, 4, 8, 16, 32, 64)
 HIDDEN = (512, 256)  # every benchmarked model is 784-512-256-latent
@@ -165,9 +166,7 @@ def versus_torch(images, *, rounds: int = 3, steps: int = 300) -> dict:
     device = "cuda" if _platform() == "gpu" else "cpu"
     jx, pt = [], []
     for _ in range(rounds):
-        jx.append(
-            _program_speed(one_model(cfg, TrainConfig()), images, steps=steps, batch=128)
-        )
+        jx.append(_program_speed(one_model(cfg, TrainConfig()), images, steps=steps, batch=128))
         pt.append(torch_throughput(host, steps=steps, device=device))
     import torch
 
@@ -528,6 +527,71 @@ def peak_rss() -> dict:
     return {"peak_rss_mb": float(out.stdout.strip().splitlines()[-1])}
 
 
+# the main job's members at one epoch of 2,560 digits: 12 members (6 latents x 2 kinds)
+# per seed, hidden widths --hidden (64 on a CPU as a proxy for 512-256)
+MEMBERS_ARGS = ("--train-size", "2560", "--epochs", "1", "--quality-samples", "0")
+MEMBERS_SCRIPT = """
+import atexit, runpy, sys
+from benchmarks.run import own_peak_rss_mb
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(str(own_peak_rss_mb())))
+sys.argv[0] = "experiments/latent_sweep.py"
+runpy.run_module("experiments.latent_sweep", run_name="__main__")
+"""
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def members_run(seeds: int, hidden: tuple[int, ...], extra=()) -> dict:
+    """One fresh ``experiments.latent_sweep`` process with 12 x ``seeds`` members: its
+    phases (results.json), wall time, peak RSS and the bytes of its checkpoints."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rss = Path(tmp) / "rss"
+        cmd = [sys.executable, "-c", MEMBERS_SCRIPT, str(rss), "--models-dir", f"{tmp}/m"]
+        cmd += ["--runs-dir", f"{tmp}/r", "--no-progress", "--compile-cache", "off"]
+        cmd += [*MEMBERS_ARGS, "--seeds", str(seeds), "--hidden", *map(str, hidden), *extra]
+        t = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+        run = Path(f"{tmp}/m/latent_sweep")
+        doc = json.loads((run / "results.json").read_text())
+        return {
+            "members": 12 * seeds,
+            "wall_s": wall,
+            "phases": doc["timing"]["phases"],
+            "peak_rss_mb": float(rss.read_text()),
+            # the step folders: every checkpoint the run keeps
+            "checkpoint_bytes": sum(
+                dir_bytes(d) for d in run.iterdir() if d.is_dir() and d.name.isdigit()
+            ),
+            "member_examples_per_s": doc["timing"]["member_examples_per_s"],
+        }
+
+
+MEMBER_PHASES = ("init", "compile", "train", "epoch eval", "checkpoints", "final eval", "figures")
+
+
+def members(seeds=(3, 12, 48), hidden=(64,), extra=()) -> dict:
+    """``members_run`` at 36, 144 and 576 members."""
+    return {str(12 * s): members_run(s, hidden, extra) for s in seeds}
+
+
+def members_table(rows: dict) -> str:
+    """The members section as a markdown table (seconds, MiB, MB)."""
+    head = ["members", *MEMBER_PHASES, "wall", "peak RSS", "checkpoint on disk"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, r in rows.items():
+        cells = [m, *(f"{r['phases'].get(p, 0.0):.1f} s" for p in MEMBER_PHASES)]
+        cells += [f"{r['wall_s']:.1f} s", f"{r['peak_rss_mb']:.0f} MiB"]
+        cells.append(f"{r['checkpoint_bytes'] / 1e6:.0f} MB")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
@@ -536,6 +600,20 @@ def main(argv=None) -> int:
     )
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--out", default="benchmarks/results.json")
+    p.add_argument(
+        "--member-seeds",
+        nargs="+",
+        type=int,
+        default=[3, 12, 48],
+        help="members section: seeds per run (12 members each; default 3 12 48)",
+    )
+    p.add_argument(
+        "--member-hidden",
+        nargs="+",
+        type=int,
+        default=None,
+        help="members section: hidden widths (default 64 on a CPU, 512 256 elsewhere)",
+    )
     args = p.parse_args(argv)
 
     import jax
@@ -654,6 +732,22 @@ def main(argv=None) -> int:
     if "rss" in args.only:
         res["rss"] = r = peak_rss()
         print(f"peak RSS, 6-member sweep on full MNIST: {r['peak_rss_mb']:.0f} MiB", flush=True)
+    save()
+    if "members" in args.only:
+        hidden = args.member_hidden or ([64] if cpu else list(HIDDEN))
+        rows = {}
+        for seeds in args.member_seeds:
+            rows[str(12 * seeds)] = r = members_run(seeds, tuple(hidden))
+            print(
+                f"{r['members']} members (hidden {'-'.join(map(str, hidden))}): wall "
+                f"{r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MiB, checkpoints "
+                f"{r['checkpoint_bytes'] / 1e6:.0f} MB; "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items()),
+                flush=True,
+            )
+            res["members"] = {"hidden": hidden, "runs": rows}
+            save()
+        print(members_table(rows), flush=True)
     save()
     print(f"wrote {args.out}")
     return 0

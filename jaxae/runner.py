@@ -537,11 +537,11 @@ def train(
             if hosts.is_primary():  # the run records itself before it trains
                 argv = command_line(ckpt_dir / "config.json", resuming)
                 write_json(ckpt_dir / "config.json", {**record, "argv": argv, "env": env})
-            # the caller's state stays valid whatever happens: the loop donates a copy
+            # a state of its own, which the loop donates: ``prog.state`` is never touched
             if resuming:
                 state = prog.from_saved(restore_state(ckpts, saved))
             else:
-                state = jax.tree.map(lambda a: a.copy(), prog.state)
+                state = prog.init()
             summaries = Summaries(log_dir, prog.names, prog.hparams, enabled=hosts.is_primary())
         steps = Steps.of(train_x.shape[0], tcfg)
         start = global_step(state)
@@ -711,4 +711,4 @@ def fit_sweep(sweep: SweepConfig, name: str, **kwargs) -> tuple[dict, Program]:
     with sw("init"):
         prog = sweep_program(sweep)
     result, state = train(prog, sweep.train, name, **kwargs)
-    return result, dataclasses.replace(prog, state=state)
+    return result, prog.with_state(state)

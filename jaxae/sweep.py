@@ -45,10 +45,13 @@ class Program:
 
     ``step``, ``evaluate``, ``images`` and ``finite`` return one output per group, padding
     rows included; ``gather`` puts the real members' rows in sweep order on the host.
+    ``init()`` computes a fresh initial state (the runner's: it donates it to the train
+    step); ``state`` is one computed on first use and kept, for callers that want to look.
     """
 
     names: list[str]
-    state: tuple  # one stacked state per group (padded to a multiple of the devices)
+    # () -> one stacked state per group (padded to a multiple of the devices), sharded
+    init: Callable
     hyper: tuple  # one stacked dict of per-member arrays per group (``model_hyper``)
     step: Callable  # step(state, h, x, s, bkey) -> (state, metrics)
     evaluate: Callable  # evaluate(state, h, test_uint8) -> {name: (M,)} per group
@@ -60,6 +63,17 @@ class Program:
     config: dict  # {"type": "sweep", "sweep": SweepConfig as a dict}
     # one {name: value} per member for TensorBoard's HParams dashboard (config.hparams)
     hparams: list
+
+    @functools.cached_property
+    def state(self) -> tuple:
+        """An initial state computed on first use and kept (``init()`` makes a new one)."""
+        return self.init()
+
+    def with_state(self, state: tuple) -> Program:
+        """This Program with ``state`` (e.g. a trained one) as its ``state``."""
+        new = dataclasses.replace(self)
+        new.__dict__["state"] = state  # where ``functools.cached_property`` keeps it
+        return new
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,32 +99,6 @@ def group_members(members) -> list[Group]:
         padded = {f: max(getattr(members[i].model, f) for i in idx) for f in PADDED}
         out.append(Group(dataclasses.replace(members[idx[0]].model, **padded), tuple(idx)))
     return out
-
-
-def pad_to(small, big):
-    """Zero-pad every leaf of ``small`` at the end of each axis to the shape in ``big``.
-
-    Done in numpy on the host: one eager ``jnp.pad`` per new shape would compile each time.
-    """
-
-    def pad(a, b):
-        a = np.asarray(a)
-        if a.shape == b.shape:
-            return a
-        return np.pad(a, [(0, t - s) for s, t in zip(a.shape, b.shape, strict=True)])
-
-    return jax.tree.map(pad, small, big)
-
-
-def stack(trees):
-    """Stack a list of identical pytrees on a new leading member axis (on the host)."""
-
-    def stack_leaves(*xs):
-        if jax.dtypes.issubdtype(xs[0].dtype, jax.dtypes.prng_key):
-            return jnp.stack(xs)
-        return jnp.asarray(np.stack([np.asarray(x) for x in xs]))
-
-    return jax.tree.map(stack_leaves, *trees)
 
 
 def unstack(tree, i: int):
@@ -155,18 +143,52 @@ def _hyper_value(cfg: ModelConfig, name: str, tcfg: TrainConfig | None):
     return v
 
 
-def init_member(m: Member, group_cfg: ModelConfig, tx) -> dict:
-    """Member state initialised at its true latent size, zero-padded to the group's.
+def pad_leaf(a, shape):
+    """Zero-pad ``a`` at the end of each axis to ``shape`` (traceable)."""
+    if a.shape == tuple(shape):
+        return a
+    return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape, strict=True)])
 
-    Eager: the first member of each shape compiles its initialisers op by op (about 1 s
-    per latent size on 2 CPU cores, less than one compilation of the whole init), later
-    seeds reuse them.
+
+def group_init(members, rows, group_cfg: ModelConfig, tx) -> Callable[[], dict]:
+    """A function computing the stacked initial state of a group's ``rows`` (positions in
+    ``members``) in one jitted program, whatever the number of members.
+
+    Each member is initialised at its true latent size from its seed's init key and
+    zero-padded to the group's (Adam's moments start at zero, so padding them is
+    ``tx.init``): bit for bit the state of a standalone model. Inside the program the
+    members of each latent size are one ``vmap`` over their keys; the compile cost grows
+    with the number of latent sizes, not of members.
     """
-    key = model_keys(m.seed)["init"]
-    with jax.default_device(host_device()):  # moved to the devices by shard_members
-        small = init_state(m.model, tx, key)
-    big = jax.eval_shape(lambda: init_state(group_cfg, tx, key))
-    return pad_to(small, big)  # Adam's moments start at zero, so padding them is tx.init
+    sizes: dict[tuple, list[int]] = {}  # padded fields -> positions among the rows
+    for pos, i in enumerate(rows):
+        sizes.setdefault(tuple(getattr(members[i].model, f) for f in PADDED), []).append(pos)
+    cfgs = [members[rows[pos[0]]].model for pos in sizes.values()]
+    seeds = [np.asarray([members[rows[p]].seed for p in pos]) for pos in sizes.values()]
+    # the concatenated parts hold the rows in this order; ``order`` puts them back
+    order = np.argsort(np.concatenate(list(sizes.values())), kind="stable")
+    big = jax.eval_shape(lambda: init_state(group_cfg, tx, jax.random.key(0)))
+
+    def init(seeds):
+        parts = []
+        for cfg, s in zip(cfgs, seeds, strict=True):
+
+            def one(seed, cfg=cfg):
+                small = init_state(cfg, tx, model_keys(seed)["init"])
+                return jax.tree.map(lambda a, b: pad_leaf(a, b.shape), small, big)
+
+            parts.append(jax.vmap(one)(s))
+        if len(parts) == 1:
+            return parts[0]
+        return jax.tree.map(lambda *a: jnp.concatenate(a)[order], *parts)
+
+    def run():
+        # computed on the host CPU and then moved (``shard_members``): every platform
+        # starts from the same numbers
+        with jax.default_device(host_device()):
+            return jax.jit(init)(seeds)
+
+    return run
 
 
 def padded_size(m: int, n: int | None = None) -> int:
@@ -235,8 +257,22 @@ def per_device(f, sharded: tuple[bool, ...]):
 
 def group_hyper(members, rows, latent: int, tcfg: TrainConfig) -> dict:
     """The per-member arrays (``model_hyper``) of ``members[i]`` for i in ``rows``, stacked,
-    for a group padded to ``latent`` dims."""
-    return stack([model_hyper(members[i].model, members[i].seed, latent, tcfg) for i in rows])
+    for a group padded to ``latent`` dims: the same values as ``model_hyper`` per member,
+    computed in one vmapped call for the keys and in numpy for the rest."""
+    ms = [members[i] for i in rows]
+    sizes = np.asarray([m.model.latent for m in ms])
+    with jax.default_device(host_device()):
+        keys = jax.jit(jax.vmap(model_keys))(np.asarray([m.seed for m in ms]))
+        return {
+            **{
+                name: jnp.asarray([_hyper_value(m.model, name, tcfg) for m in ms], jnp.float32)
+                for name in HYPER
+            },
+            "mask": jnp.asarray(np.arange(latent)[None, :] < sizes[:, None], jnp.float32),
+            "key": keys["train"],
+            "eval_key": keys["eval"],
+            "sample_key": keys["sample"],
+        }
 
 
 def members_evaluate(model: Model, tcfg: TrainConfig) -> Callable:
@@ -286,10 +322,11 @@ def sweep_program(sweep: SweepConfig):
     rows = [
         g.index + g.index[:1] * (size - len(g.index)) for g, size in zip(groups, sizes, strict=True)
     ]
-    state = tuple(
-        stack([init_member(members[i], g.cfg, tx) for i in r])
-        for g, r in zip(groups, rows, strict=True)
-    )
+    inits = [group_init(members, r, g.cfg, tx) for g, r in zip(groups, rows, strict=True)]
+
+    def init():
+        return shard_members(tuple(f() for f in inits))
+
     hyper = tuple(
         group_hyper(members, r, g.cfg.latent, tcfg) for g, r in zip(groups, rows, strict=True)
     )
@@ -347,7 +384,7 @@ def sweep_program(sweep: SweepConfig):
 
     return Program(
         names=[m.name for m in members],
-        state=shard_members(state),
+        init=init,
         hyper=shard_members(hyper),
         step=step,
         evaluate=evaluate,

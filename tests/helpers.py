@@ -192,9 +192,7 @@ def only_member(state):
 def trained(prog, tcfg, name: str, **kw):
     """Train ``prog`` (``jaxae.runner.train``); returns (result, the Program holding the
     trained state)."""
-    from dataclasses import replace
-
     from jaxae.runner import train
 
     res, state = train(prog, tcfg, name, **kw)
-    return res, replace(prog, state=state)
+    return res, prog.with_state(state)

@@ -63,6 +63,34 @@ def test_member_matches_standalone_run(trained_sweep, tmp_path, i):
     np.testing.assert_allclose(alone_res["test"]["loss"][0], res["test"]["loss"][i], rtol=1e-4)
 
 
+def test_initial_state_is_each_members_own_padded_and_in_order():
+    """The vmapped initialiser against one eager init per member, zero-padded in numpy:
+    latents interleaved (the parts are concatenated by size and put back in order),
+    seeds repeated, and the per-member arrays against ``model_hyper``."""
+    from jaxae.step import init_state, make_optimizer
+
+    members = [Member(tiny_model(latent=k), s) for k, s in ((8, 0), (2, 1), (8, 2), (4, 0), (2, 0))]
+    sweep = SweepConfig(tuple(members), tiny_train())
+    prog = jsweep.sweep_program(sweep)
+    (group,) = prog.init()
+    (hyper,) = prog.hyper
+    tx = make_optimizer(sweep.train)
+    for i, m in enumerate(members):
+        own = init_state(m.model, tx, jsweep.model_keys(m.seed)["init"])
+        got = jax.tree.map(lambda a, i=i: np.asarray(a[i]), group)
+        for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(got), strict=True):
+            a = np.asarray(a)
+            if a.shape != b.shape:
+                a = np.pad(a, [(0, t - n) for n, t in zip(a.shape, b.shape, strict=True)])
+            np.testing.assert_array_equal(b, a)
+        own_h = jsweep.model_hyper(m.model, m.seed, 8, sweep.train)
+        for name, v in own_h.items():
+            a, b = v, hyper[name][i]
+            if name.endswith("key"):
+                a, b = jax.random.key_data(a), jax.random.key_data(b)
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+
+
 def test_padded_weights_stay_zero(trained_sweep):
     sweep, prog, _ = trained_sweep
     vaes = prog.state[0]["params"]["params"]
