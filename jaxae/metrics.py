@@ -7,7 +7,10 @@ from ``Loaded.test_metrics``: one implementation, ``jaxae.evaluation``.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -208,28 +211,88 @@ def sample_quality(run: Loaded, clf, *, n: int = 10000, seed: int = 0, progress=
     AE also decodes samples of the Gaussian mixture fitted on its training codes
     (the same keys with ``_gmm``: ``jaxae.density``). The Fréchet distance is to the
     classifier features of the test set.
+
+    Batched: the mixtures are fitted in a thread pool while the device works, and each
+    group decodes and classifies its members' samples in one compiled program, a fixed
+    number of members (``SCORE_CHUNK``) per call, so the memory does not grow with the
+    member count. A member whose samples fail is recorded as failed; the others go on.
     Returns:
         one dict per member.
     """
     if clf.dataset != run.train.dataset:
         raise ValueError(f"a {clf.dataset} classifier cannot score {run.train.dataset} samples")
     ref = quality.reference_stats(clf, load_data(run.train.dataset, "test")[0])
-    out = []
-    bar = {"disable": bar_disabled(progress), "desc": f"sample quality, {n} samples"}
-    for i, m in enumerate(tqdm(run.members, **bar)):
-        row = {"member": m.name}
-        for density in ("normal", "gmm") if m.model.kind == "ae" else ("normal",):
-            suffix = "_gmm" if density == "gmm" else ""
-            try:
-                images, _ = generate.prior(run, i, n=n, seed=seed, density=density)
-                s = quality.scores(clf, images.reshape(n, -1), ref)
-            except Exception as e:  # noqa: BLE001 - one member's score, recorded for it
-                record_failure(row, f"sample quality{' (mixture)' if suffix else ''}", e)
-                continue
-            row.update({k + suffix: v for k, v in s.items()})
-        del row["member"]
-        out.append(row)
-    return out
+    rows: list[dict] = [{} for _ in run.members]
+    aes = [i for i, m in enumerate(run.members) if m.model.kind == "ae"]
+    bar = tqdm(
+        total=len(run.members) + len(aes),
+        disable=bar_disabled(progress),
+        desc=f"sample quality, {n} samples",
+    )
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, bar:
+        mixtures = {i: pool.submit(generate.code_density, run, i) for i in aes}
+        for g in run.groups:
+            latent = g.masks.shape[-1]
+            normal = np.asarray(latent_noise(jax.random.key(seed), n, latent))  # column j: (key, j)
+            jobs = [(j, i, "", normal * np.asarray(g.masks[j])) for j, i in enumerate(g.index)]
+            for j, i in enumerate(g.index):
+                if i not in mixtures:
+                    continue
+                try:
+                    z = mixtures[i].result().sample(n, seed).astype(np.float32)
+                except Exception as e:  # noqa: BLE001 - one member's score, recorded for it
+                    record_failure(rows[i], "sample quality (mixture)", e)
+                    bar.update()
+                    continue
+                jobs.append((j, i, "_gmm", np.pad(z, ((0, 0), (0, latent - z.shape[1])))))
+            for logits, feats, job in _classified(g, clf, jobs):
+                _, i, suffix, _ = job
+                try:
+                    s = quality.scores_of(logits, feats, ref)
+                except Exception as e:  # noqa: BLE001 - one member's score, recorded for it
+                    record_failure(rows[i], f"sample quality{' (mixture)' if suffix else ''}", e)
+                else:
+                    rows[i].update({k + suffix: v for k, v in s.items()})
+                bar.update()
+    return rows
+
+
+SCORE_CHUNK = 8  # members decoded and classified per call of the compiled scorer
+
+
+def _classified(g, clf, jobs):
+    """(logits (n, 10), features (n, F), job) of each job (row in the group, member,
+    suffix, latents (n, D)): decoded by the job's member of group ``g`` and classified,
+    ``SCORE_CHUNK`` jobs per call and the rest in one more (two compilations at most)."""
+    net = quality.Classifier(tuple(clf.shape))
+    for start in range(0, len(jobs), SCORE_CHUNK):
+        part = jobs[start : start + SCORE_CHUNK]
+        rows = np.asarray([job[0] for job in part], np.int32)
+        z = np.stack([job[3] for job in part])
+        logits, feats = _decode_and_classify(g.model, net, g.params, rows, z, clf.params)
+        logits, feats = np.asarray(logits), np.asarray(feats)
+        for k, job in enumerate(part):
+            yield logits[k], feats[k], job
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _decode_and_classify(model: Model, net, params, rows, z, clf_params, batch: int = 250):
+    """Logits and features of the images that the members ``rows`` of stacked ``params``
+    decode from their latents z (J, n, D), one member after the other, the classifier
+    ``batch`` images a step (``TrainedClassifier.apply``'s batch)."""
+    lik = likelihoods.get(model.cfg.likelihood)
+    n = z.shape[1]
+    pad = -n % batch
+
+    def one(args):
+        row, zj = args
+        p = jax.tree.map(lambda a: a[row], params)
+        x = lik.mean(model.apply(p, zj, method=Model.decode)).reshape(n, -1)
+        x = jnp.pad(x, ((0, pad), (0, 0))).reshape(-1, batch, x.shape[-1])
+        logits, feats = jax.lax.map(lambda b: net.apply(clf_params, b), x)
+        return logits.reshape(-1, logits.shape[-1])[:n], feats.reshape(-1, feats.shape[-1])[:n]
+
+    return jax.lax.map(one, (rows, z))
 
 
 def _group_stats(model, params, masks, test, tcfg, *, k, chunk, batch, seed, progress):

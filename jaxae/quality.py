@@ -486,7 +486,12 @@ def scores(clf: TrainedClassifier, images, reference) -> dict:
         reference: (mean, cov) of the classifier's features of the reference set (the test
             set: ``reference_stats``).
     """
-    logits, f = clf.apply(images)
+    return scores_of(*clf.apply(images), reference)
+
+
+def scores_of(logits, f, reference) -> dict:
+    """``scores`` of images whose classifier logits (N, 10) and features (N, D) are given."""
+    logits = np.asarray(logits, np.float32)
     prob = np.exp(logits - logits.max(-1, keepdims=True))
     prob /= prob.sum(-1, keepdims=True)
     return {

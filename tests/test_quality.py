@@ -279,3 +279,34 @@ def test_retrain_writes_a_weights_file_whose_digest_reproduces(tmp_path, data_di
     assert again.digest == digest and (tmp_path / "again.npz").read_bytes() == out.read_bytes()
     loaded = quality.load_classifier(out)
     assert (loaded.digest, loaded.source, loaded.accuracy) == (digest, "path", again.accuracy)
+
+
+def test_batched_sample_scores_equal_each_members_own(tmp_path, monkeypatch):
+    # metrics.sample_quality decodes and classifies a group's members in chunks inside
+    # one program; each member's scores must be those of its own decoded samples
+    # (generate.prior, then quality.scores): the right params, latent size and z per row,
+    # chunks of 3 over 4 members and an AE's mixture samples included, n not a multiple
+    # of the classifier's batch
+    import shutil
+    from pathlib import Path
+
+    from jaxae import generate, metrics
+    from jaxae.data import load as load_data
+    from jaxae.restore import load
+
+    fixture = Path(__file__).parent / "fixtures" / "checkpoints" / "sweep"
+    shutil.copytree(fixture, tmp_path / "sweep")
+    run = load(tmp_path / "sweep")
+    clf = quality.load_shipped("mnist")
+    monkeypatch.setattr(metrics, "SCORE_CHUNK", 3)
+    n, seed = 300, 5
+    got = metrics.sample_quality(run, clf, n=n, seed=seed, progress=False)
+    ref = quality.reference_stats(clf, load_data("mnist", "test")[0])
+    assert {m.model.kind for m in run.members} == {"vae", "ae"}
+    for i, m in enumerate(run.members):
+        for density in ("normal", "gmm") if m.model.kind == "ae" else ("normal",):
+            images, _ = generate.prior(run, i, n=n, seed=seed, density=density)
+            want = quality.scores(clf, images.reshape(n, -1), ref)
+            suffix = "_gmm" if density == "gmm" else ""
+            for k, v in want.items():
+                np.testing.assert_allclose(got[i][k + suffix], v, rtol=1e-4, err_msg=m.name + k)
