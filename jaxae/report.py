@@ -547,6 +547,9 @@ def main(argv=None, experiments=EXPERIMENTS) -> int:
     if not doc.parent.is_dir():
         print(f"error: no folder {doc.parent} for --doc {doc}", file=sys.stderr)
         return 2
+    from jaxae.runner import environment
+
+    environment()  # reads the commit now, before a checkout can move on during the runs
     root = QUICK_DIR if args.quick else None
     models = Path(args.models_dir or (root / "models" if root else "models/report"))
     runs = Path(args.runs_dir or (root / "runs" if root else "runs/report"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -116,8 +117,12 @@ def environment() -> dict:
     }
 
 
+@functools.cache
 def _git_commit() -> str | None:
-    """The commit of the jaxae checkout this code runs from, or None (installed wheel)."""
+    """The commit of the jaxae checkout this code runs from, or None (installed wheel).
+
+    Read once per process: a checkout that moves on while a long process (a report, a
+    notebook) runs does not change the code that process loaded."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None
