@@ -260,9 +260,20 @@ class ModelConfig:
         help="this model's Adam learning rate (None: the training config's lr)",
         hparam=True,
     )
+    iw_k: int = option(
+        1,
+        check=positive_int,
+        help="samples of the bound a VAE trains on: 1 is the ELBO, k > 1 the "
+        "importance-weighted bound of k samples (IWAE)",
+        hparam=True,
+    )
 
     def __post_init__(self):
         _validate(self)
+        _check(
+            self.iw_k == 1 or self.kind == "vae",
+            f"iw_k is the sample count of a VAE's bound; an {self.kind} has none (got {self.iw_k})",
+        )
         _check(
             self.arch != "conv" or all(n % 4 == 0 for n in self.image_shape[:2]),
             f"the conv architecture needs image sides divisible by 4, got {self.image_shape}",
@@ -279,7 +290,8 @@ class ModelConfig:
         arch = "" if self.arch == "mlp" else f"{self.arch}-"
         warmup = f"-warmup{self.warmup}" if self.warmup else ""
         lr = "" if self.lr is None else f"-lr{self.lr:g}"
-        return f"{self.kind}-{arch}{self.likelihood}-{widths}-beta{self.beta:g}{warmup}{lr}"
+        iw = f"-iw{self.iw_k}" if self.iw_k > 1 else ""
+        return f"{self.kind}-{arch}{self.likelihood}-{widths}-beta{self.beta:g}{warmup}{lr}{iw}"
 
 
 def default_likelihood(kind: str) -> str:
@@ -450,6 +462,16 @@ AXES: tuple[Axis, ...] = (
         "--lrs",
         positive_float,
         help="Adam learning rates, one per member (default: --lr for all)",
+        hide_default=True,
+    ),
+    Axis(
+        "iw_k",
+        "structure",
+        "--iw-ks",
+        positive_int,
+        kinds=("vae",),
+        help="samples of the training bound (VAE members): 1 is the ELBO, k > 1 the "
+        "importance-weighted bound (IWAE); each k is a group of the one program",
         hide_default=True,
     ),
     Axis("seed", "seed", "--seeds", positive_int, help="seeds 0..N-1 per configuration"),

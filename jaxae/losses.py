@@ -6,6 +6,7 @@ Convention: sums over pixels and latent dims per example; callers take the batch
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from jaxae import likelihoods
@@ -42,3 +43,33 @@ def elbo_loss(out: dict, x, *, beta, likelihood: str):
     else:
         kl = jnp.zeros_like(recon)
     return recon + beta * kl, {"recon": recon, "kl": kl}
+
+
+# --- importance-weighted bounds (Burda et al. 2016, eq. 8) ---------------------------------
+
+
+def log_weights(log_lik, mean, logvar, eps, beta=1.0):
+    """log w = log p(x|z) + beta (log p(z) - log q(z|x)) at z = mean + exp(logvar / 2) eps.
+
+    ``log p(z) - log q(z|x)`` is ``0.5 (logvar + eps^2 - z^2)`` per dim (the 2 pi terms
+    cancel and ``(z - mean)^2 / exp(logvar) = eps^2``): exactly 0 in a padded dim, where
+    mean = logvar = 0 and z = eps.
+
+    Args:
+        log_lik: z (k, B, D) -> log p(x | z) (k, B).
+        mean, logvar: (B, D) posterior parameters.
+        eps: (k, B, D) standard normal noise.
+        beta: weight of the prior/posterior ratio (1: the bound; a beta-VAE's otherwise).
+    Returns:
+        (log w (k, B), log p(x|z) (k, B), log p(z) - log q(z|x) (k, B)); each log w is a
+        single-sample ELBO estimate.
+    """
+    z = mean[None] + jnp.exp(0.5 * logvar)[None] * eps
+    ratio = 0.5 * (logvar[None] + jnp.square(eps) - jnp.square(z)).sum(-1)
+    lik = log_lik(z)
+    return lik + beta * ratio, lik, ratio
+
+
+def iw_bound(log_w):
+    """The k-sample bound log (1/k) sum_i w_i, stably; (k, B) -> (B,)."""
+    return jax.scipy.special.logsumexp(log_w, axis=0) - jnp.log(log_w.shape[0])

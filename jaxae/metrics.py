@@ -21,7 +21,7 @@ from tqdm import tqdm
 from jaxae import generate, likelihoods, quality
 from jaxae.data import load as load_data
 from jaxae.evaluation import test_arrays
-from jaxae.losses import gaussian_log_density
+from jaxae.losses import iw_bound, log_weights
 from jaxae.models import Model, latent_noise
 from jaxae.restore import Loaded
 from jaxae.runner import bar_disabled
@@ -74,28 +74,6 @@ def pca_mse(train_x, test_x, ks) -> dict[int, float]:
 # --- importance-weighted log-likelihood (Burda et al. 2016, eq. 8) ------------------------
 
 
-def log_weights(log_lik, mean, logvar, eps):
-    """log w = log p(x|z) + log p(z) - log q(z|x) at z = mean + exp(logvar / 2) * eps.
-
-    Args:
-        log_lik: z (k, B, D) -> log p(x | z) (k, B).
-        mean, logvar: (B, D) posterior parameters.
-        eps: (k, B, D) standard normal noise.
-    Returns:
-        (k, B) log importance weights; each is a single-sample ELBO estimate.
-    """
-    z = mean[None] + jnp.exp(0.5 * logvar)[None] * eps
-    zero = jnp.zeros_like(z)
-    log_prior = gaussian_log_density(z, zero, zero)
-    log_q = gaussian_log_density(z, mean[None], logvar[None])
-    return log_lik(z) + log_prior - log_q
-
-
-def iw_bound(log_w):
-    """The k-sample bound log (1/k) sum_i w_i, stably; (k, B) -> (B,)."""
-    return jax.scipy.special.logsumexp(log_w, axis=0) - jnp.log(log_w.shape[0])
-
-
 def model_iw_terms(params, x, mask, *, key, k: int, chunk: int, model):
     """IW bound, mean single-sample -ELBO over k samples and active-unit statistics.
 
@@ -116,7 +94,7 @@ def model_iw_terms(params, x, mask, *, key, k: int, chunk: int, model):
             logits = model.apply(params, z.reshape(chunk * b, d), mask=mask, method=Model.decode)
             return -nll(logits.reshape(chunk, b, -1), x[None])
 
-        return log_weights(log_lik, mean, logvar, eps)
+        return log_weights(log_lik, mean, logvar, eps)[0]
 
     log_w = jax.lax.map(one_chunk, jnp.arange(k // chunk)).reshape(-1, b)
     return {"iw": iw_bound(log_w), "elbo": log_w.mean(0), "elbo1": log_w[0], "mean": mean}

@@ -18,8 +18,8 @@ import optax
 
 from jaxae import likelihoods
 from jaxae.config import ModelConfig, TrainConfig
-from jaxae.losses import elbo_loss
-from jaxae.models import Model, init_params
+from jaxae.losses import elbo_loss, iw_bound, log_weights
+from jaxae.models import Model, init_params, latent_noise
 
 
 class NonFiniteError(FloatingPointError):
@@ -59,11 +59,39 @@ def init_state(cfg: ModelConfig, tx, key) -> dict:
 
 
 def loss_fn(params, x, *, key, beta, mask, model: Model):
-    """Batch-mean loss and metrics of one forward pass."""
+    """Batch-mean loss and metrics of one forward pass (k of them for an IWAE)."""
+    if model.cfg.iw_k > 1:
+        return iw_loss(params, x, key=key, beta=beta, mask=mask, model=model)
     out = model.apply(params, x, key=key, mask=mask)
     loss, aux = elbo_loss(out, x, beta=beta, likelihood=model.cfg.likelihood)
     metrics = {"loss": loss.mean(), "recon": aux["recon"].mean(), "kl": aux["kl"].mean()}
     return metrics["loss"], metrics
+
+
+def iw_loss(params, x, *, key, beta, mask, model: Model):
+    """Batch mean of the negative importance-weighted bound of k = ``model.cfg.iw_k``
+    samples (IWAE; Burda et al. 2016, eq. 8) and its metrics.
+
+    One encoder pass; sample s draws z = mean + sigma * eps_s with ``eps_s =
+    latent_noise(fold_in(key, s), B, D)``, so column j of sample s depends only on
+    (key, s, j) and a padded member draws a standalone model's noise. The gradient flows
+    through every sample's weight (the bound's own gradient). ``recon`` is the mean of
+    -log p(x|z) over the samples; ``kl`` the mean of log q(z|x) - log p(z), a Monte
+    Carlo estimate of the KL term.
+    """
+    k = model.cfg.iw_k
+    nll = likelihoods.get(model.cfg.likelihood).nll
+    mean, logvar = model.apply(params, x, mask=mask, method=Model.encode)
+    b, d = mean.shape
+    eps = jax.vmap(lambda s: latent_noise(jax.random.fold_in(key, s), b, d))(jnp.arange(k))
+
+    def log_lik(z):
+        logits = model.apply(params, z.reshape(k * b, d), mask=mask, method=Model.decode)
+        return -nll(logits.reshape(k, b, -1), x[None])
+
+    log_w, lik, ratio = log_weights(log_lik, mean, logvar, eps, beta)
+    loss = -iw_bound(log_w).mean()
+    return loss, {"loss": loss, "recon": -lik.mean(), "kl": -ratio.mean()}
 
 
 def train_step(state: dict, x, *, key, beta, mask, model: Model, tx, lr):

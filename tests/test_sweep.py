@@ -20,15 +20,17 @@ def _run(prog, tcfg, path, name="r"):
 @pytest.fixture(scope="module")
 def trained_sweep(tmp_path_factory):
     """A mixed sweep: VAE latents {2, 8} x betas {1, 4}, two seeds for one config, AEs,
-    and a convolutional VAE (a third group in the same scanned step; a conv group of
+    a convolutional VAE (a third group in the same scanned step; a conv group of
     several members is slow on XLA:CPU, and padding+mask of conv models is checked in
-    test_models)."""
+    test_models) and two IWAEs (a fourth group)."""
     members = [Member(tiny_model(latent=k, beta=b), 0) for k in (2, 8) for b in (1.0, 4.0)]
     members += [Member(tiny_model(latent=2, beta=1.0), 1)]
     members += [Member(tiny_model(kind="ae", likelihood="gaussian", latent=k), 0) for k in (3, 5)]
     members += [Member(tiny_model(arch="conv", hidden=(), latent=2), 0)]
     # per-member training knobs in the MLP VAE group: KL warm-up, another learning rate
     members += [Member(tiny_model(latent=8, warmup=15), 0), Member(tiny_model(lr=3e-3), 0)]
+    # IWAE members (3 samples of the bound): their own group, padded like the others
+    members += [Member(tiny_model(latent=k, iw_k=3), 0) for k in (2, 8)]
     # a cosine schedule: every member's rate decays over the run, the padded copies' too
     sweep = SweepConfig(tuple(members), tiny_train(schedule="cosine"))
     prog = jsweep.sweep_program(sweep)
@@ -38,11 +40,11 @@ def trained_sweep(tmp_path_factory):
 
 def test_one_program_two_groups(trained_sweep):
     sweep, prog, res = trained_sweep
-    assert len(prog.state) == 3  # MLP VAEs, MLP AEs and conv VAEs, in one scanned step
+    assert len(prog.state) == 4  # MLP VAEs, MLP AEs, conv VAEs and IWAEs, in one scanned step
     assert res["steps"] == 20 and len(res["test"]["loss"]) == len(sweep.members)
 
 
-@pytest.mark.parametrize("i", range(10))
+@pytest.mark.parametrize("i", range(12))
 def test_member_matches_standalone_run(trained_sweep, tmp_path, i):
     sweep, prog, res = trained_sweep
     m = sweep.members[i]

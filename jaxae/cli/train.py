@@ -16,7 +16,7 @@ from jaxae.cli import (
 )
 
 # the model's flags, in the order of --help
-MODEL_FLAGS = ("kind", "arch", "hidden", "latent", "likelihood", "beta", "warmup")
+MODEL_FLAGS = ("kind", "arch", "hidden", "latent", "likelihood", "beta", "warmup", "iw_k")
 
 
 def parser() -> Parser:
