@@ -191,6 +191,17 @@ EXPERIMENTS = (
         default=False,  # 250 epochs: about an hour on a 2-core CPU
     ),
     Experiment(
+        "nll_iwae",
+        "Test log-likelihood of an IWAE (k = 5), cosine schedule",
+        "beta",
+        flags(
+            "--latents 50 --betas 1 --iw-ks 5 --lr-schedule cosine --epochs 250 --seeds 1 "
+            "--eval-k 5000 --eval-examples 2000 --name nll-iwae5"
+        ),
+        quick=flags("--eval-k 50 --eval-examples 500"),
+        default=False,  # 250 epochs of a 5-sample bound: about 80 min on a 2-core CPU
+    ),
+    Experiment(
         "latent_quality",
         "Sample quality of VAEs and AEs at 16, 32 and 64 units",
         "latent",
