@@ -153,6 +153,14 @@ EXPERIMENTS = (
         figures=(("latent_sweep.png", "wide_latent_sweep.png"),),
     ),
     Experiment(
+        "iwae",
+        "Question 1 under a tighter bound: VAEs and IWAEs (k = 5)",
+        "latent",
+        flags("--kinds vae --iw-ks 1 5 --seeds 1 --eval-k 1000 --name iwae"),
+        quick=flags("--latents 2 8 --eval-k 10"),
+        figures=(("latent_sweep.png", "iwae_latent_sweep.png"),),
+    ),
+    Experiment(
         "archs",
         "MLP and convolutional members in one program",
         "latent",
