@@ -42,8 +42,12 @@ def record_failure(row: dict, phase: str, err: Exception) -> None:
     log.warning(f"{phase} failed for {row.get('member', '?')}: {reason}")
 
 
-def pca_mse(train_x, test_x, ks) -> dict[int, float]:
+def pca_mse(train_x, test_x, ks, chunk: int = 10000) -> dict[int, float]:
     """Test MSE per pixel of PCA with k components fitted on the training set.
+
+    The training set is read ``chunk`` rows at a time (its Gram matrix is a sum of float32
+    products, accumulated in float64; eigh in float64), so the memory it takes is that of
+    one chunk, not of a float copy of the whole set.
 
     Args:
         train_x: (N, F) uint8 or float images (scaled to [0, 1] here when uint8).
@@ -57,12 +61,15 @@ def pca_mse(train_x, test_x, ks) -> dict[int, float]:
         a = np.asarray(a)
         return a.astype(np.float64) / (255.0 if a.dtype == np.uint8 else 1.0)
 
-    x, t = scale(train_x), scale(test_x)
-    mu = x.mean(0)
-    xc, tc = x - mu, t - mu
-    xc32 = xc.astype(np.float32)  # the Gram matrix in float32: 4x faster, eigh in float64
-    _, vecs = np.linalg.eigh((xc32.T @ xc32).astype(np.float64))
+    n, f = train_x.shape
+    mu = sum(scale(train_x[i : i + chunk]).sum(0) for i in range(0, n, chunk)) / n
+    gram = np.zeros((f, f))
+    for i in range(0, n, chunk):
+        xc32 = (scale(train_x[i : i + chunk]) - mu).astype(np.float32)
+        gram += xc32.T @ xc32
+    _, vecs = np.linalg.eigh(gram)
     vecs = vecs[:, ::-1]  # leading components first
+    tc = scale(test_x) - mu
     total = np.square(tc).sum()
     out = {}
     for k in ks:

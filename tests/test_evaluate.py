@@ -90,9 +90,11 @@ def test_pca_mse_matches_numpy():
     for k in (1, 5, 30):
         v = vt[:k].T
         rec = (test - mu) @ v @ v.T + mu
-        np.testing.assert_allclose(
-            pca_mse(train, test, [k])[k], np.mean((rec - test) ** 2), rtol=1e-6, atol=1e-10
-        )
+        want = np.mean((rec - test) ** 2)
+        for chunk in (10000, 128):  # all rows at once, and a sum over 4 chunks
+            np.testing.assert_allclose(
+                pca_mse(train, test, [k], chunk)[k], want, rtol=1e-6, atol=1e-10
+            )
 
 
 def test_iw_chunks_draw_independent_noise():
