@@ -219,45 +219,48 @@ def sample_quality(run: Loaded, clf, *, n: int = 10000, seed: int = 0, progress=
         for g in run.groups:
             latent = g.masks.shape[-1]
             normal = np.asarray(latent_noise(jax.random.key(seed), n, latent))  # column j: (key, j)
-            jobs = [(j, i, "", normal * np.asarray(g.masks[j])) for j, i in enumerate(g.index)]
-            for j, i in enumerate(g.index):
-                if i not in mixtures:
+
+            def latents(j, i, suffix, g=g, latent=latent, normal=normal):
+                """z (n, D) of member i (row j of group g): its own size, zero beyond."""
+                if not suffix:
+                    return normal * np.asarray(g.masks[j])
+                z = mixtures[i].result().sample(n, seed).astype(np.float32)
+                return np.pad(z, ((0, 0), (0, latent - z.shape[1])))
+
+            jobs = [(j, i, "") for j, i in enumerate(g.index)]
+            jobs += [(j, i, "_gmm") for j, i in enumerate(g.index) if i in mixtures]
+            # a chunk's latents are made when it is scored: the memory does not grow
+            # with the member count
+            for start in range(0, len(jobs), SCORE_CHUNK):
+                part, zs = [], []
+                for job in jobs[start : start + SCORE_CHUNK]:
+                    try:
+                        zs.append(latents(*job))
+                    except Exception as e:  # noqa: BLE001 - one member's score, recorded
+                        record_failure(rows[job[1]], "sample quality (mixture)", e)
+                        bar.update()
+                        continue
+                    part.append(job)
+                if not part:
                     continue
-                try:
-                    z = mixtures[i].result().sample(n, seed).astype(np.float32)
-                except Exception as e:  # noqa: BLE001 - one member's score, recorded for it
-                    record_failure(rows[i], "sample quality (mixture)", e)
+                net = quality.Classifier(tuple(clf.shape))
+                rows_ = np.asarray([job[0] for job in part], np.int32)
+                out = _decode_and_classify(g.model, net, g.params, rows_, np.stack(zs), clf.params)
+                logits, feats = (np.asarray(o) for o in out)
+                for (_, i, suffix), lg, ft in zip(part, logits, feats, strict=True):
+                    try:
+                        s = quality.scores_of(lg, ft, ref)
+                    except Exception as e:  # noqa: BLE001 - one member's score, recorded
+                        record_failure(
+                            rows[i], f"sample quality{' (mixture)' if suffix else ''}", e
+                        )
+                    else:
+                        rows[i].update({k + suffix: v for k, v in s.items()})
                     bar.update()
-                    continue
-                jobs.append((j, i, "_gmm", np.pad(z, ((0, 0), (0, latent - z.shape[1])))))
-            for logits, feats, job in _classified(g, clf, jobs):
-                _, i, suffix, _ = job
-                try:
-                    s = quality.scores_of(logits, feats, ref)
-                except Exception as e:  # noqa: BLE001 - one member's score, recorded for it
-                    record_failure(rows[i], f"sample quality{' (mixture)' if suffix else ''}", e)
-                else:
-                    rows[i].update({k + suffix: v for k, v in s.items()})
-                bar.update()
     return rows
 
 
 SCORE_CHUNK = 8  # members decoded and classified per call of the compiled scorer
-
-
-def _classified(g, clf, jobs):
-    """(logits (n, 10), features (n, F), job) of each job (row in the group, member,
-    suffix, latents (n, D)): decoded by the job's member of group ``g`` and classified,
-    ``SCORE_CHUNK`` jobs per call and the rest in one more (two compilations at most)."""
-    net = quality.Classifier(tuple(clf.shape))
-    for start in range(0, len(jobs), SCORE_CHUNK):
-        part = jobs[start : start + SCORE_CHUNK]
-        rows = np.asarray([job[0] for job in part], np.int32)
-        z = np.stack([job[3] for job in part])
-        logits, feats = _decode_and_classify(g.model, net, g.params, rows, z, clf.params)
-        logits, feats = np.asarray(logits), np.asarray(feats)
-        for k, job in enumerate(part):
-            yield logits[k], feats[k], job
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
