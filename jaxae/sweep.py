@@ -275,19 +275,27 @@ def group_hyper(members, rows, latent: int, tcfg: TrainConfig) -> dict:
         }
 
 
+EVAL_MEMBERS = 8  # members of a group evaluated side by side (vmapped) at a time
+
+
 def members_evaluate(model: Model, tcfg: TrainConfig) -> Callable:
     """``evaluate(params, h, test)``: the test metrics {name: (G,)} of G stacked members of
     one group on the uint8 test images (N, F), as the training loop reports them (each
-    member's own eval key and beta; ``jaxae.evaluation.make_evaluate``)."""
+    member's own eval key and beta; ``jaxae.evaluation.make_evaluate``).
+
+    ``EVAL_MEMBERS`` members at a time (``lax.map`` over vmapped batches of members): the
+    activations of a test batch are held for those members only, so the evaluation's
+    memory does not grow with the size of the group."""
     one = make_evaluate(model)
 
     def evaluate(params, hyper, test):
         x, xt, w, n = test_arrays(test, tcfg, model.cfg.likelihood, tcfg.eval_batch)
 
-        def member(p, h):
+        def member(args):
+            p, h = args
             return one(p, h, x, xt, w, h["eval_key"], n=n)
 
-        return jax.vmap(member)(params, hyper)
+        return jax.lax.map(member, (params, hyper), batch_size=EVAL_MEMBERS)
 
     return evaluate
 
