@@ -531,10 +531,22 @@ def peak_rss() -> dict:
 # per seed, hidden widths --hidden (64 on a CPU as a proxy for 512-256)
 MEMBERS_ARGS = ("--train-size", "2560", "--epochs", "1", "--quality-samples", "0")
 MEMBERS_SCRIPT = """
-import atexit, runpy, sys
+import atexit, contextlib, json, runpy, sys
 from benchmarks.run import own_peak_rss_mb
+from jaxae import runner
 out = sys.argv.pop(1)
-atexit.register(lambda: open(out, "w").write(str(own_peak_rss_mb())))
+grew = {}  # phase -> MiB its blocks raised the process's peak resident memory by
+timed = runner.Stopwatch.__call__
+
+@contextlib.contextmanager
+def watched(self, phase):
+    before = own_peak_rss_mb()
+    with timed(self, phase):
+        yield
+    grew[phase] = grew.get(phase, 0.0) + own_peak_rss_mb() - before
+
+runner.Stopwatch.__call__ = watched
+atexit.register(lambda: open(out, "w").write(json.dumps({"peak": own_peak_rss_mb(), "grew": grew})))
 sys.argv[0] = "experiments/latent_sweep.py"
 runpy.run_module("experiments.latent_sweep", run_name="__main__")
 """
@@ -546,7 +558,8 @@ def dir_bytes(path: Path) -> int:
 
 def members_run(seeds: int, hidden: tuple[int, ...], extra=()) -> dict:
     """One fresh ``experiments.latent_sweep`` process with 12 x ``seeds`` members: its
-    phases (results.json), wall time, peak RSS and the bytes of its checkpoints."""
+    phases (results.json), wall time, peak RSS (and how much each phase raised it; the
+    rest is start-up: imports, data) and the bytes of its checkpoints."""
     with tempfile.TemporaryDirectory() as tmp:
         rss = Path(tmp) / "rss"
         cmd = [sys.executable, "-c", MEMBERS_SCRIPT, str(rss), "--models-dir", f"{tmp}/m"]
@@ -559,11 +572,14 @@ def members_run(seeds: int, hidden: tuple[int, ...], extra=()) -> dict:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
         run = Path(f"{tmp}/m/latent_sweep")
         doc = json.loads((run / "results.json").read_text())
+        memory = json.loads(rss.read_text())
         return {
             "members": 12 * seeds,
             "wall_s": wall,
             "phases": doc["timing"]["phases"],
-            "peak_rss_mb": float(rss.read_text()),
+            "peak_rss_mb": memory["peak"],
+            # which phases raised the peak, and by how much (MiB)
+            "peak_growth_mb": memory["grew"],
             # the step folders: every checkpoint the run keeps
             "checkpoint_bytes": sum(
                 dir_bytes(d) for d in run.iterdir() if d.is_dir() and d.name.isdigit()
@@ -745,6 +761,8 @@ def main(argv=None) -> int:
                 + ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items()),
                 flush=True,
             )
+            grew = ", ".join(f"{k} +{v:.0f}" for k, v in r["peak_growth_mb"].items() if v >= 1)
+            print(f"  peak RSS raised by (MiB): {grew}", flush=True)
             res["members"] = {"hidden": hidden, "runs": rows}
             save()
         print(members_table(rows), flush=True)

@@ -25,6 +25,7 @@ from jaxae.losses import iw_bound, log_weights
 from jaxae.models import Model, latent_noise
 from jaxae.restore import Loaded
 from jaxae.runner import bar_disabled
+from jaxae.sweep import EVAL_MEMBERS
 
 log = logging.getLogger("jaxae")
 
@@ -336,10 +337,14 @@ def _sample_entropy(model, params, masks, seed: int, n: int = 1000):
     """
     z = latent_noise(jax.random.key(seed), n, masks.shape[-1])  # column j from (key, j)
 
-    def one(p, m):
+    def one(args):
+        p, m = args
         logits = model.apply(p, z, mask=m, method=Model.decode)
         q = jax.nn.sigmoid(logits)
         ent = -(q * jax.nn.log_sigmoid(logits) + (1 - q) * jax.nn.log_sigmoid(-logits))
         return ent.mean()
 
-    return np.asarray(jax.jit(jax.vmap(one))(params, masks))
+    # EVAL_MEMBERS members at a time: the decoded images of a few members in memory
+    return np.asarray(
+        jax.jit(lambda a: jax.lax.map(one, a, batch_size=EVAL_MEMBERS))((params, masks))
+    )

@@ -112,6 +112,24 @@ LATENT_COLUMNS = (
 )
 
 
+SHEET_PANELS = 48  # the most panels of the samples sheet
+
+
+def sheet_members(members, most: int = SHEET_PANELS) -> list[int]:
+    """The members the samples sheet shows: all of them when they fit in ``most`` panels,
+    else the first seed of each configuration (at most ``most``), so the figure's cost
+    does not grow with the seeds of a large sweep."""
+    if len(members) <= most:
+        return list(range(len(members)))
+    seen, out = set(), []
+    for i, m in enumerate(members):
+        key = tuple(v for k, v in m.axes().items() if k != "seed")
+        if key not in seen:
+            seen.add(key)
+            out.append(i)
+    return out[:most]
+
+
 def format_table(summary: list[dict], columns=LATENT_COLUMNS) -> str:
     """The mean ± std over seeds of the chosen columns, one row per configuration."""
     # axes that only hold their default (an all-MLP sweep's arch, no warm-up) stay out
@@ -230,15 +248,17 @@ def run_sweep(
         test = hosts.replicate(load_images(sweep.train.dataset, "test")[:32])
         imgs = prog.gather(hosts.to_host(jax.jit(prog.images)(prog.state, prog.hyper, test)))
         if hosts.is_primary():  # process 0 writes for every process
+            shown = sheet_members(sweep.members)
             draw = {
                 "latent_sweep.png": lambda p: plots.latent_curves(summary, p),
                 "beta_sweep.png": lambda p: plots.rate_distortion(summary, p),
                 "traversals.png": lambda p: traversals(run, p),
                 "samples.png": lambda p: plots.sheet(
-                    [m.name for m in sweep.members],
-                    [plots.tile(s[:16]) for s in np.asarray(imgs["samples"])],
+                    [sweep.members[i].name for i in shown],
+                    [plots.tile(imgs["samples"][i][:16]) for i in shown],
                     p,
-                    title="decoded prior samples, one panel per member",
+                    title="decoded prior samples, one panel per "
+                    + ("member" if len(shown) == len(sweep.members) else "configuration"),
                 ),
             }
             wanted = ["latent_sweep.png"] if "latent" in figures else []

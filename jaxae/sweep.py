@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -150,45 +152,76 @@ def pad_leaf(a, shape):
     return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape, strict=True)])
 
 
-def group_init(members, rows, group_cfg: ModelConfig, tx) -> Callable[[], dict]:
-    """A function computing the stacked initial state of a group's ``rows`` (positions in
-    ``members``) in one jitted program, whatever the number of members.
+@dataclasses.dataclass(frozen=True)
+class InitPlan:
+    """How a group's stacked initial state is computed: one program per latent size (its
+    members' seeds vmapped), then ``assemble`` puts the parts' rows back in order."""
+
+    parts: list  # (function of the seeds, the seeds (n,)) per latent size
+    assemble: Callable  # list of part states -> the group's state
+
+
+def init_plan(members, rows, group_cfg: ModelConfig, tx) -> InitPlan:
+    """The ``InitPlan`` of a group's ``rows`` (positions in ``members``).
 
     Each member is initialised at its true latent size from its seed's init key and
     zero-padded to the group's (Adam's moments start at zero, so padding them is
-    ``tx.init``): bit for bit the state of a standalone model. Inside the program the
-    members of each latent size are one ``vmap`` over their keys; the compile cost grows
-    with the number of latent sizes, not of members.
+    ``tx.init``): bit for bit the state of a standalone model. The members of one latent
+    size are one ``vmap`` over their seeds, so the programs to compile are one per latent
+    size, whatever the number of members.
     """
     sizes: dict[tuple, list[int]] = {}  # padded fields -> positions among the rows
     for pos, i in enumerate(rows):
         sizes.setdefault(tuple(getattr(members[i].model, f) for f in PADDED), []).append(pos)
-    cfgs = [members[rows[pos[0]]].model for pos in sizes.values()]
-    seeds = [np.asarray([members[rows[p]].seed for p in pos]) for pos in sizes.values()]
-    # the concatenated parts hold the rows in this order; ``order`` puts them back
-    order = np.argsort(np.concatenate(list(sizes.values())), kind="stable")
     big = jax.eval_shape(lambda: init_state(group_cfg, tx, jax.random.key(0)))
 
-    def init(seeds):
-        parts = []
-        for cfg, s in zip(cfgs, seeds, strict=True):
+    def part(cfg):
+        def one(seed):
+            small = init_state(cfg, tx, model_keys(seed)["init"])
+            return jax.tree.map(lambda a, b: pad_leaf(a, b.shape), small, big)
 
-            def one(seed, cfg=cfg):
-                small = init_state(cfg, tx, model_keys(seed)["init"])
-                return jax.tree.map(lambda a, b: pad_leaf(a, b.shape), small, big)
+        return jax.vmap(one)
 
-            parts.append(jax.vmap(one)(s))
-        if len(parts) == 1:
-            return parts[0]
-        return jax.tree.map(lambda *a: jnp.concatenate(a)[order], *parts)
+    parts = [
+        (part(members[rows[pos[0]]].model), np.asarray([members[rows[p]].seed for p in pos]))
+        for pos in sizes.values()
+    ]
+    # the concatenated parts hold the rows in this order; ``order`` puts them back
+    order = np.argsort(np.concatenate(list(sizes.values())), kind="stable")
 
-    def run():
-        # computed on the host CPU and then moved (``shard_members``): every platform
-        # starts from the same numbers
-        with jax.default_device(host_device()):
-            return jax.jit(init)(seeds)
+    identity = bool((order == np.arange(len(order))).all())
 
-    return run
+    def assemble(states):
+        if len(states) == 1:
+            return states[0]
+        # leaf by leaf, freeing the parts' buffers as it goes: the state is held about
+        # once, not twice
+        leaves = [jax.tree.leaves(st) for st in states]
+        out = []
+        for parts in zip(*leaves, strict=True):
+            a = np.concatenate([np.asarray(x) for x in parts])
+            out.append(jnp.asarray(a if identity else a[order]))
+            for x in parts:
+                x.delete()
+        return jax.tree.unflatten(jax.tree.structure(states[0]), out)
+
+    return InitPlan(parts, assemble)
+
+
+def initial_states(plans: list[InitPlan]) -> tuple:
+    """The groups' initial states, computed on the host CPU (``shard_members`` moves
+    them; every platform starts from the same numbers).
+
+    The programs of every group and latent size are compiled in parallel threads (XLA
+    compiles one program on one core, and an initialiser's random draws make it slow to
+    compile), then run.
+    """
+    with jax.default_device(host_device()):
+        lowered = [(jax.jit(f).lower(seeds), seeds) for plan in plans for f, seeds in plan.parts]
+        with ThreadPoolExecutor(max_workers=min(len(lowered), os.cpu_count() or 1)) as pool:
+            compiled = list(pool.map(lambda lw: lw[0].compile(), lowered))
+        outs = iter([c(seeds) for c, (_, seeds) in zip(compiled, lowered, strict=True)])
+        return tuple(plan.assemble([next(outs) for _ in plan.parts]) for plan in plans)
 
 
 def padded_size(m: int, n: int | None = None) -> int:
@@ -330,10 +363,10 @@ def sweep_program(sweep: SweepConfig):
     rows = [
         g.index + g.index[:1] * (size - len(g.index)) for g, size in zip(groups, sizes, strict=True)
     ]
-    inits = [group_init(members, r, g.cfg, tx) for g, r in zip(groups, rows, strict=True)]
+    plans = [init_plan(members, r, g.cfg, tx) for g, r in zip(groups, rows, strict=True)]
 
     def init():
-        return shard_members(tuple(f() for f in inits))
+        return shard_members(initial_states(plans))
 
     hyper = tuple(
         group_hyper(members, r, g.cfg.latent, tcfg) for g, r in zip(groups, rows, strict=True)

@@ -312,3 +312,16 @@ def test_progress_bar_shows_one_loss_per_kind():
     loss = np.array([[9.0, 9.0, 9.0], [0.02, 0.04, 101.0]])
     assert kind_means(loss, ["ae", "ae", "vae"]) == {"ae loss": "0.03", "vae loss": "101"}
     assert kind_means(loss[:, :1], [""]) == {"loss": "0.02"}
+
+
+def test_the_samples_sheet_shows_every_member_or_one_per_configuration():
+    from jaxae.config import ModelConfig, grid
+    from jaxae.pipeline import sheet_members
+
+    small = grid(ModelConfig(), {"latent": [2, 4]}, seeds=3)
+    assert sheet_members(small) == list(range(6))
+    big = grid(ModelConfig(), {"kind": ["vae", "ae"], "latent": [2, 4, 8]}, seeds=10)
+    shown = [big[i] for i in sheet_members(big)]
+    assert len(shown) == 6 and {m.seed for m in shown} == {0}
+    assert len({(m.model.kind, m.model.latent) for m in shown}) == 6
+    assert len(sheet_members(grid(ModelConfig(), {"latent": list(range(1, 61))}, seeds=2))) == 48
