@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -556,14 +557,15 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def members_run(seeds: int, hidden: tuple[int, ...], extra=()) -> dict:
+def members_run(seeds: int, hidden: tuple[int, ...], extra=(), cache: str = "off") -> dict:
     """One fresh ``experiments.latent_sweep`` process with 12 x ``seeds`` members: its
     phases (results.json), wall time, peak RSS (and how much each phase raised it; the
-    rest is start-up: imports, data) and the bytes of its checkpoints."""
+    rest is start-up: imports, data) and the bytes of its checkpoints. ``cache``: its
+    ``--compile-cache`` (off: every program compiled)."""
     with tempfile.TemporaryDirectory() as tmp:
         rss = Path(tmp) / "rss"
         cmd = [sys.executable, "-c", MEMBERS_SCRIPT, str(rss), "--models-dir", f"{tmp}/m"]
-        cmd += ["--runs-dir", f"{tmp}/r", "--no-progress", "--compile-cache", "off"]
+        cmd += ["--runs-dir", f"{tmp}/r", "--no-progress", "--compile-cache", cache]
         cmd += [*MEMBERS_ARGS, "--seeds", str(seeds), "--hidden", *map(str, hidden), *extra]
         t = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -629,6 +631,12 @@ def main(argv=None) -> int:
         type=int,
         default=None,
         help="members section: hidden widths (default 64 on a CPU, 512 256 elsewhere)",
+    )
+    p.add_argument(
+        "--member-warm",
+        action="store_true",
+        help="members section: run each size twice with one fresh compilation cache, "
+        "cold then warm (default: once, the cache off)",
     )
     args = p.parse_args(argv)
 
@@ -752,10 +760,16 @@ def main(argv=None) -> int:
     if "members" in args.only:
         hidden = args.member_hidden or ([64] if cpu else list(HIDDEN))
         rows = {}
-        for seeds in args.member_seeds:
-            rows[str(12 * seeds)] = r = members_run(seeds, tuple(hidden))
+        runs = [(s, None) for s in args.member_seeds]
+        if args.member_warm:
+            runs = [(s, w) for s in args.member_seeds for w in ("cold", "warm")]
+        caches = {s: tempfile.mkdtemp(prefix="jaxae-cache-") for s in args.member_seeds}
+        for seeds, warmth in runs:
+            label = f"{12 * seeds}" + (f" ({warmth})" if warmth else "")
+            cache = caches[seeds] if warmth else "off"
+            rows[label] = r = members_run(seeds, tuple(hidden), cache=cache)
             print(
-                f"{r['members']} members (hidden {'-'.join(map(str, hidden))}): wall "
+                f"{label} members (hidden {'-'.join(map(str, hidden))}): wall "
                 f"{r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MiB, checkpoints "
                 f"{r['checkpoint_bytes'] / 1e6:.0f} MB; "
                 + ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items()),
@@ -765,6 +779,8 @@ def main(argv=None) -> int:
             print(f"  peak RSS raised by (MiB): {grew}", flush=True)
             res["members"] = {"hidden": hidden, "runs": rows}
             save()
+        for d in caches.values():
+            shutil.rmtree(d, ignore_errors=True)
         print(members_table(rows), flush=True)
     save()
     print(f"wrote {args.out}")
