@@ -156,7 +156,7 @@ EXPERIMENTS = (
         "iwae",
         "Question 1 under a tighter bound: VAEs and IWAEs (k = 5)",
         "latent",
-        flags("--kinds vae --iw-ks 1 5 --seeds 1 --eval-k 1000 --name iwae"),
+        flags("--kinds vae --iw-ks 1 5 --seeds 1 --eval-k 100 --name iwae"),
         quick=flags("--latents 2 8 --eval-k 10"),
         figures=(("latent_sweep.png", "iwae_latent_sweep.png"),),
     ),
