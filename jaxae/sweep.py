@@ -154,11 +154,11 @@ def pad_leaf(a, shape):
 
 @dataclasses.dataclass(frozen=True)
 class InitPlan:
-    """How a group's stacked initial state is computed: one program per latent size (its
-    members' seeds vmapped), then ``assemble`` puts the parts' rows back in order."""
+    """How a group's stacked initial state is computed: ``empty()`` allocates it, then
+    one program per latent size writes its members' rows in place."""
 
-    parts: list  # (function of the seeds, the seeds (n,)) per latent size
-    assemble: Callable  # list of part states -> the group's state
+    empty: Callable  # () -> the group's state, zeros
+    parts: list  # (fill(state, seeds) -> state, the seeds (n,)) per latent size
 
 
 def init_plan(members, rows, group_cfg: ModelConfig, tx) -> InitPlan:
@@ -167,45 +167,39 @@ def init_plan(members, rows, group_cfg: ModelConfig, tx) -> InitPlan:
     Each member is initialised at its true latent size from its seed's init key and
     zero-padded to the group's (Adam's moments start at zero, so padding them is
     ``tx.init``): bit for bit the state of a standalone model. The members of one latent
-    size are one ``vmap`` over their seeds, so the programs to compile are one per latent
-    size, whatever the number of members.
+    size are one ``vmap`` over their seeds, written into their rows of the group's
+    state, which each program takes and returns (donated: updated in place). So the
+    programs to compile are one per latent size, whatever the number of members, and the
+    memory is the state's plus one latent size's members.
     """
     sizes: dict[tuple, list[int]] = {}  # padded fields -> positions among the rows
     for pos, i in enumerate(rows):
         sizes.setdefault(tuple(getattr(members[i].model, f) for f in PADDED), []).append(pos)
     big = jax.eval_shape(lambda: init_state(group_cfg, tx, jax.random.key(0)))
 
-    def part(cfg):
+    def fill(cfg, positions):
         def one(seed):
             small = init_state(cfg, tx, model_keys(seed)["init"])
             return jax.tree.map(lambda a, b: pad_leaf(a, b.shape), small, big)
 
-        return jax.vmap(one)
+        def write(state, seeds):
+            part = jax.vmap(one)(seeds)
+            return jax.tree.map(lambda s, x: s.at[positions].set(x), state, part)
+
+        return write
 
     parts = [
-        (part(members[rows[pos[0]]].model), np.asarray([members[rows[p]].seed for p in pos]))
+        (
+            fill(members[rows[pos[0]]].model, np.asarray(pos)),
+            np.asarray([members[rows[p]].seed for p in pos]),
+        )
         for pos in sizes.values()
     ]
-    # the concatenated parts hold the rows in this order; ``order`` puts them back
-    order = np.argsort(np.concatenate(list(sizes.values())), kind="stable")
 
-    identity = bool((order == np.arange(len(order))).all())
+    def empty():
+        return jax.tree.map(lambda b: jnp.zeros((len(rows), *b.shape), b.dtype), big)
 
-    def assemble(states):
-        if len(states) == 1:
-            return states[0]
-        # leaf by leaf, freeing the parts' buffers as it goes: the state is held about
-        # once, not twice
-        leaves = [jax.tree.leaves(st) for st in states]
-        out = []
-        for parts in zip(*leaves, strict=True):
-            a = np.concatenate([np.asarray(x) for x in parts])
-            out.append(jnp.asarray(a if identity else a[order]))
-            for x in parts:
-                x.delete()
-        return jax.tree.unflatten(jax.tree.structure(states[0]), out)
-
-    return InitPlan(parts, assemble)
+    return InitPlan(jax.jit(empty), parts)
 
 
 def initial_states(plans: list[InitPlan]) -> tuple:
@@ -217,11 +211,17 @@ def initial_states(plans: list[InitPlan]) -> tuple:
     compile), then run.
     """
     with jax.default_device(host_device()):
-        lowered = [(jax.jit(f).lower(seeds), seeds) for plan in plans for f, seeds in plan.parts]
+        states = [plan.empty() for plan in plans]
+        lowered = [
+            (jax.jit(f, donate_argnums=0).lower(state, seeds), seeds, g)
+            for g, (plan, state) in enumerate(zip(plans, states, strict=True))
+            for f, seeds in plan.parts
+        ]
         with ThreadPoolExecutor(max_workers=min(len(lowered), os.cpu_count() or 1)) as pool:
             compiled = list(pool.map(lambda lw: lw[0].compile(), lowered))
-        outs = iter([c(seeds) for c, (_, seeds) in zip(compiled, lowered, strict=True)])
-        return tuple(plan.assemble([next(outs) for _ in plan.parts]) for plan in plans)
+        for c, (_, seeds, g) in zip(compiled, lowered, strict=True):
+            states[g] = c(states[g], seeds)
+        return tuple(states)
 
 
 def padded_size(m: int, n: int | None = None) -> int:
