@@ -215,6 +215,9 @@ def sample_quality(run: Loaded, clf, *, n: int = 10000, seed: int = 0, progress=
         disable=bar_disabled(progress),
         desc=f"sample quality, {n} samples",
     )
+    # host arrays: placed like the run's params (replicated on every device of a sweep
+    # restored on several), not committed to the classifier's device
+    clf_params = jax.tree.map(np.asarray, clf.params)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, bar:
         mixtures = {i: pool.submit(generate.code_density, run, i) for i in aes}
         for g in run.groups:
@@ -246,7 +249,7 @@ def sample_quality(run: Loaded, clf, *, n: int = 10000, seed: int = 0, progress=
                     continue
                 net = quality.Classifier(tuple(clf.shape))
                 rows_ = np.asarray([job[0] for job in part], np.int32)
-                out = _decode_and_classify(g.model, net, g.params, rows_, np.stack(zs), clf.params)
+                out = _decode_and_classify(g.model, net, g.params, rows_, np.stack(zs), clf_params)
                 logits, feats = (np.asarray(o) for o in out)
                 for (_, i, suffix), lg, ft in zip(part, logits, feats, strict=True):
                     try:

@@ -133,6 +133,7 @@ def test_hparams_are_the_marked_fields():
         "latent": 3,
         "beta": 1.0,
         "warmup": 5,
+        "iw_k": 1,
         "seed": 2,
         "hidden": "16-8",
         "lr": 0.01,
