@@ -218,6 +218,7 @@ def sample_quality(run: Loaded, clf, *, n: int = 10000, seed: int = 0, progress=
     # host arrays: placed like the run's params (replicated on every device of a sweep
     # restored on several), not committed to the classifier's device
     clf_params = jax.tree.map(np.asarray, clf.params)
+    net = quality.Classifier(tuple(clf.shape))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, bar:
         mixtures = {i: pool.submit(generate.code_density, run, i) for i in aes}
         for g in run.groups:
@@ -247,7 +248,6 @@ def sample_quality(run: Loaded, clf, *, n: int = 10000, seed: int = 0, progress=
                     part.append(job)
                 if not part:
                     continue
-                net = quality.Classifier(tuple(clf.shape))
                 rows_ = np.asarray([job[0] for job in part], np.int32)
                 out = _decode_and_classify(g.model, net, g.params, rows_, np.stack(zs), clf_params)
                 logits, feats = (np.asarray(o) for o in out)

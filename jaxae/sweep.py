@@ -36,7 +36,7 @@ from jaxae.config import (
 )
 from jaxae.evaluation import make_evaluate, model_images, test_arrays
 from jaxae.keys import model_keys
-from jaxae.models import Model, init_params, latent_mask
+from jaxae.models import Model, init_params
 from jaxae.step import all_finite, init_state, make_optimizer, model_step
 
 
@@ -126,15 +126,9 @@ def model_hyper(
 ) -> dict:
     """Per-model arrays the traced functions read: the hyperparameter axes (``HYPER``,
     e.g. beta), the latent mask (for a model padded to ``latent`` dims) and the train, eval
-    and sample keys of the model's seed."""
-    keys = model_keys(seed)
-    return {
-        **{name: jnp.float32(_hyper_value(cfg, name, tcfg)) for name in HYPER},
-        "mask": latent_mask(cfg.latent, cfg.latent if latent is None else latent),
-        "key": keys["train"],
-        "eval_key": keys["eval"],
-        "sample_key": keys["sample"],
-    }
+    and sample keys of the model's seed: ``group_hyper`` of a group of one."""
+    one = group_hyper((Member(cfg, seed),), (0,), cfg.latent if latent is None else latent, tcfg)
+    return unstack(one, 0)
 
 
 def _hyper_value(cfg: ModelConfig, name: str, tcfg: TrainConfig | None):
@@ -288,10 +282,10 @@ def per_device(f, sharded: tuple[bool, ...]):
     )
 
 
-def group_hyper(members, rows, latent: int, tcfg: TrainConfig) -> dict:
-    """The per-member arrays (``model_hyper``) of ``members[i]`` for i in ``rows``, stacked,
-    for a group padded to ``latent`` dims: the same values as ``model_hyper`` per member,
-    computed in one vmapped call for the keys and in numpy for the rest."""
+def group_hyper(members, rows, latent: int, tcfg: TrainConfig | None) -> dict:
+    """The per-member arrays of ``members[i]`` for i in ``rows``, stacked, for a group
+    padded to ``latent`` dims: each member's hyperparameters (``HYPER``), its latent mask
+    and its train, eval and sample keys (``model_keys`` of its seed, one vmapped call)."""
     ms = [members[i] for i in rows]
     sizes = np.asarray([m.model.latent for m in ms])
     with jax.default_device(host_device()):

@@ -68,7 +68,9 @@ def test_member_matches_standalone_run(trained_sweep, tmp_path, i):
 def test_initial_state_is_each_members_own_padded_and_in_order():
     """The vmapped initialiser against one eager init per member, zero-padded in numpy:
     latents interleaved (the parts are concatenated by size and put back in order),
-    seeds repeated, and the per-member arrays against ``model_hyper``."""
+    seeds repeated, and the per-member arrays against each member's own keys and mask."""
+    from jaxae.config import HYPER
+    from jaxae.models import latent_mask
     from jaxae.step import init_state, make_optimizer
 
     members = [Member(tiny_model(latent=k), s) for k, s in ((8, 0), (2, 1), (8, 2), (4, 0), (2, 0))]
@@ -85,7 +87,14 @@ def test_initial_state_is_each_members_own_padded_and_in_order():
             if a.shape != b.shape:
                 a = np.pad(a, [(0, t - n) for n, t in zip(a.shape, b.shape, strict=True)])
             np.testing.assert_array_equal(b, a)
-        own_h = jsweep.model_hyper(m.model, m.seed, 8, sweep.train)
+        keys = jsweep.model_keys(m.seed)
+        own_h = {
+            **{h: np.float32(jsweep._hyper_value(m.model, h, sweep.train)) for h in HYPER},
+            "mask": latent_mask(m.model.latent, 8),
+            "key": keys["train"],
+            "eval_key": keys["eval"],
+            "sample_key": keys["sample"],
+        }
         for name, v in own_h.items():
             a, b = v, hyper[name][i]
             if name.endswith("key"):
