@@ -17,6 +17,7 @@ This module knows nothing about models; ``state`` is any pytree of jax/numpy arr
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import pathlib
@@ -263,9 +264,11 @@ def _quiet_orbax_read_leaks() -> None:
 class Checkpointer:
     """Saves and restores steps of one run folder: ``state``, ``config``, ``digests``.
 
-    Saves are asynchronous (orbax copies the arrays to host before ``save`` returns);
-    ``wait()`` or ``close()`` block until they are on disk. Only finalized steps are ever
-    listed, so a crash during a save leaves the previous step as the latest.
+    Saves are asynchronous: ``save`` returns once it holds a host copy of the arrays, and
+    a background thread computes the digests and writes the step (one save in flight at a
+    time; the caller may donate or overwrite its arrays meanwhile). ``wait()`` or
+    ``close()`` block until it is on disk and raise its error, if any. Only finalized
+    steps are ever listed, so a crash during a save leaves the previous step as the latest.
     """
 
     def __init__(
@@ -304,6 +307,14 @@ class Checkpointer:
             "digests": ocp.JsonCheckpointHandler(),
         }
         self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        # with several processes orbax's save is collective (barriers, sharded writes), so
+        # it stays on the calling thread; a single process writes in the background
+        self._writer = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxae-checkpoint")
+            if jax.process_count() == 1
+            else None
+        )
+        self._pending: concurrent.futures.Future | None = None
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -328,7 +339,7 @@ class Checkpointer:
 
         Raises:
           CheckpointError: config is not JSON, the step is not newer than the latest, or
-            orbax fails to start the save.
+            orbax fails to start the save (or the previous save failed).
         """
         where = self.step_dir(step)
         try:
@@ -336,6 +347,25 @@ class Checkpointer:
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {where}: config is not JSON ({_why(e)})") from e
         state = _as_arrays(state)
+        if self._writer is None:
+            self._write(step, state, config)
+        else:
+            self._join()  # the previous save's error, if any, is raised here
+            latest = max(self.all_steps(), default=None)
+            if latest is not None and int(step) <= latest:
+                raise CheckpointError(
+                    f"checkpoint {where} was not written: {self.directory} already has "
+                    f"step {latest}"
+                )
+            # a copy the caller cannot touch: the training loop donates its state buffers
+            host = jax.tree.map(np.array, state)
+            self._pending = self._writer.submit(self._write, step, host, config, finish=True)
+        if wait:
+            self.wait()
+
+    def _write(self, step: int, state: PyTree, config: dict, finish: bool = False) -> None:
+        """Digests the arrays and hands them to orbax; ``finish``: wait until on disk."""
+        where = self.step_dir(step)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             config=ocp.args.JsonSave(config),
@@ -350,8 +380,21 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint {where} was not written: {self.directory} already has step {latest}"
             )
-        if wait:
-            self.wait()
+        if finish:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Blocks until orbax's pending writes are finalized."""
+        try:
+            self._mgr.wait_until_finished()
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {self.directory}: save failed: {_why(e)}") from e
+
+    def _join(self) -> None:
+        """Waits for the background save, raising its error once."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def wait(self) -> None:
         """Blocks until every pending save is finalized on disk.
@@ -359,16 +402,16 @@ class Checkpointer:
         Raises:
           CheckpointError: a background save failed.
         """
-        try:
-            self._mgr.wait_until_finished()
-        except Exception as e:
-            raise CheckpointError(f"checkpoint {self.directory}: save failed: {_why(e)}") from e
+        self._join()
+        self._finish()
 
     def close(self) -> None:
         """Waits for pending saves and releases orbax's resources."""
         try:
             self.wait()
         finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
             self._mgr.close()
 
     # -- listing ---------------------------------------------------------------------------
@@ -384,7 +427,7 @@ class Checkpointer:
 
     def _pick(self, step: int | None) -> int:
         """Resolves ``step`` (None = latest) to a finalized step, waiting for own saves."""
-        if self._mgr.is_saving_in_progress():
+        if self._pending is not None or self._mgr.is_saving_in_progress():
             self.wait()
         steps = self.all_steps()
         if not steps:

@@ -30,6 +30,7 @@ ARCHS = {
 }
 # learning-rate schedules over a run (``TrainConfig.schedule``, ``step.lr_schedule``)
 SCHEDULES = ("constant", "cosine", "linear")
+KEEP = ("all", "params")  # what the checkpoints before the last epoch's hold
 # what ``jaxae.generate`` draws (``python -m jaxae.sample --mode``)
 SAMPLE_MODES = ("prior", "recon", "interpolate", "manifold", "traverse", "scatter")
 
@@ -360,7 +361,19 @@ class TrainConfig:
         resumable=True,
     )
     max_to_keep: int = option(
-        3, check=positive_int, cli=False, help="checkpoints kept on disk", resumable=True
+        3,
+        check=positive_int,
+        help="checkpoint steps kept on disk, the newest (one is saved at each epoch's end)",
+        resumable=True,
+    )
+    keep: str = option(
+        "all",
+        choices=KEEP,
+        help="what the checkpoints before the last epoch's hold: 'all' the optimizer state "
+        "too (a killed run resumes exactly from the newest), 'params' the parameters only "
+        "(a third of the bytes; the last epoch's checkpoint and one saved on a signal hold "
+        "everything; a run killed before either cannot resume)",
+        resumable=True,
     )
     train_size: int | None = option(
         None,

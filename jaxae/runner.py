@@ -419,36 +419,51 @@ class EpochMeans:
 
 class Saver:
     """Saves a checkpoint with the bookkeeping a resumed run needs in its config: the last
-    finished epoch's train means, the dropped members and the unfinished epoch's sums."""
+    finished epoch's train means, the dropped members and the unfinished epoch's sums.
 
-    def __init__(self, ckpts: Checkpointer, prog: Program, record: dict, sw: Stopwatch):
+    With ``keep="params"`` a save before step ``last`` holds the parameters only (its
+    config says ``"holds": "params"``); ``everything=True`` (a save on a signal) and the
+    last step's hold the whole state."""
+
+    def __init__(self, ckpts: Checkpointer, prog: Program, record: dict, sw: Stopwatch, *,
+                 keep: str = "all", last: int = 0):
         self.ckpts, self.prog, self.record, self.sw = ckpts, prog, record, sw
+        self.keep, self.last = keep, last
         self.step = None  # the last step saved
 
-    def __call__(self, state, s: int, means: EpochMeans, dropped: dict | None) -> None:
+    def __call__(self, state, s: int, means: EpochMeans, dropped: dict | None,
+                 everything: bool = False) -> None:
+        params_only = self.keep == "params" and s < self.last and not everything
         config = {
             **self.record,
             "last_epoch": {k: v.tolist() for k, v in means.last.items()},
             "dropped": dict(dropped or {}),
             "epoch_partial": means.partial(),
+            "holds": "params" if params_only else "all",
         }
         with self.sw("checkpoints"):
-            self.ckpts.save(s, self.prog.to_saved(state), config)
+            saved = self.prog.to_saved(state)
+            if params_only:
+                saved = tuple({k: v for k, v in g.items() if k != "opt_state"} for g in saved)
+            self.ckpts.save(s, saved, config)
         self.step = s
 
 
 class EpochEnd:
-    """The work at an epoch's end: the test metrics (of the first ``eval_examples`` test
-    digits before the last epoch), TensorBoard's test scalars and image grids, the
-    progress line and a checkpoint. Returns the metrics when they cover the whole test
-    set, else None."""
+    """The work at an epoch's end: a checkpoint (written in the background meanwhile), the
+    test metrics (of the first ``eval_examples`` test digits before the last epoch),
+    TensorBoard's test scalars and image grids and the progress line. Returns the metrics
+    when they cover the whole test set, else None."""
 
     def __init__(self, compiled, summaries, save, runlog, sw, tcfg, steps, kinds, start):
         self.compiled, self.summaries, self.save, self.runlog = compiled, summaries, save, runlog
         self.sw, self.tcfg, self.steps, self.kinds = sw, tcfg, steps, kinds
         self.start, self.started = start, time.perf_counter()
 
-    def __call__(self, state, step: int, means: EpochMeans, dropped) -> dict | None:
+    def __call__(self, state, step: int, means: EpochMeans, dropped, stopping=False):
+        train = means.close()
+        # the checkpoint first: it is written in the background while the test set runs
+        self.save(state, step, means, dropped, everything=stopping)
         subset = self.tcfg.eval_examples if step < self.steps.total else None
         subset = subset if subset in self.compiled.tests else None
         with self.sw("epoch eval"):
@@ -459,7 +474,6 @@ class EpochEnd:
         done, elapsed = step - self.start, time.perf_counter() - self.started
         members = len(self.kinds)
         speed = done * self.tcfg.batch_size / self.sw.seconds["train"] * members
-        train = means.close()
         line = epoch_line(step, self.steps, self.tcfg.epochs, train, test, self.kinds)
         eta = elapsed / max(done, 1) * (self.steps.total - step)
         subset_note = "" if subset is None else f" (test: first {subset} examples)"
@@ -467,7 +481,6 @@ class EpochEnd:
             f"{line}{subset_note}  {speed:,.0f} member-examples/s  "
             f"elapsed {format_seconds(elapsed)}  ETA {format_seconds(eta)}"
         )
-        self.save(state, step, means, dropped)
         return test if subset is None else None
 
 
@@ -532,6 +545,12 @@ def train(
             saved = ckpts.read_config() if resuming else {}
             if resuming:
                 refuse_changes(saved, prog.config)
+                if saved.get("holds") == "params":
+                    raise RunError(
+                        f"run {run!r} cannot resume: its newest checkpoint (step "
+                        f"{ckpts.latest_step()}) holds the parameters only (--keep params); "
+                        "start it again with --overwrite"
+                    )
             if saved.get("dropped") and not drop_nonfinite:
                 raise RunError(
                     f"run {run!r} dropped diverged members ({', '.join(saved['dropped'])}); "
@@ -557,7 +576,7 @@ def train(
         dropped = dict(saved.get("dropped", {})) if drop_nonfinite else None
         with sw("compile"):
             compiled = Compiled(prog, tcfg, steps, state, train_x, test_x)
-        save = Saver(ckpts, prog, record, sw)
+        save = Saver(ckpts, prog, record, sw, keep=tcfg.keep, last=steps.total)
         runlog = RunLog(ckpt_dir / "train.log")
         kinds = [h["kind"] for h in prog.hparams]
 
@@ -585,14 +604,14 @@ def train(
                     summaries.scalars(step, {f"train/{k}": v.mean(0) for k, v in metrics.items()})
                 bar.update(count)
                 bar.set_postfix(epoch=steps.epoch(step), **kind_means(metrics["loss"], kinds))
-                if step % steps.per_epoch == 0:
-                    test = end_epoch(state, step, means, dropped) or test
                 # a signal that reached one process stops them all at the same step (the
                 # save is collective: one process saving alone would wait forever)
                 signum = hosts.agree_max(signals.signum or 0)
+                if step % steps.per_epoch == 0:
+                    test = end_epoch(state, step, means, dropped, bool(signum)) or test
                 if signum:
                     if save.step != step:
-                        save(state, step, means, dropped)
+                        save(state, step, means, dropped, everything=True)
                     runlog(f"stopped by signal {signum} at step {step}; checkpoint saved")
                     raise Interrupted(signum, step)
             with sw("checkpoints"):  # the last save's writes finish here

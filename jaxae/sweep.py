@@ -459,7 +459,8 @@ def sweep_dict(config: dict) -> dict:
 def restore_state(ckpts, config: dict, step: int | None = None) -> tuple:
     """The state saved at ``step`` (default: the latest) by ``ckpts`` (a
     ``checkpoint.Checkpointer``) as one stacked state per group, real members only,
-    replicated on every device.
+    replicated on every device; ``config`` is that step's. A step saved with ``--keep
+    params`` has no ``opt_state``.
 
     A run of the earlier one-model layout (an unstacked state) becomes one group of one
     member.
@@ -470,7 +471,10 @@ def restore_state(ckpts, config: dict, step: int | None = None) -> tuple:
         one = jax.eval_shape(lambda: init_state(cfg, tx, jax.random.key(0)))
         state = ckpts.restore(replicated(one), step)
         return (jax.tree.map(lambda a: a[None], state),)
-    return ckpts.restore(replicated(sweep_shapes(sweep)), step)
+    shapes = sweep_shapes(sweep)
+    if config.get("holds") == "params":  # saved with --keep params before the last epoch
+        shapes = tuple({k: v for k, v in g.items() if k != "opt_state"} for g in shapes)
+    return ckpts.restore(replicated(shapes), step)
 
 
 @functools.lru_cache(maxsize=256)

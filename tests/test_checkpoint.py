@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +89,33 @@ def test_round_trip_from_abstract_target(tmp_path):
         assert ck.latest_step() == 5
     assert_bitwise_equal(restored, state)
     assert isinstance(restored["opt_state"][0], optax.ScaleByAdamState)
+
+
+def test_save_returns_with_its_own_copy_and_writes_in_the_background(tmp_path, monkeypatch):
+    # The training loop donates its state to the next step right after ``save`` returns:
+    # the arrays must already be copied, and the digests and writes happen on another
+    # thread. The digests are held back until the caller has overwritten its array.
+    from jaxae import checkpoint
+
+    gate, threads = threading.Event(), []
+    digests = checkpoint.tree_digests
+
+    def held(tree):
+        threads.append(threading.current_thread())
+        assert gate.wait(30)
+        return digests(tree)
+
+    monkeypatch.setattr(checkpoint, "tree_digests", held)
+    w = np.arange(100_000, dtype=np.float32)
+    with Checkpointer(tmp_path / "run") as ck:
+        ck.save(1, {"w": w}, CONFIG)
+        w[:] = -1.0  # what the next train step does to a donated buffer
+        gate.set()
+        ck.wait()
+        monkeypatch.setattr(checkpoint, "tree_digests", digests)
+        restored = ck.restore({"w": jax.ShapeDtypeStruct(w.shape, w.dtype)})
+    assert threads and threads[0] is not threading.main_thread()
+    np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
 
 
 def test_restore_into_concrete_target_and_python_scalar_step(tmp_path):

@@ -43,6 +43,30 @@ def test_sweep_resume_is_bitwise_exact(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_keep_params_saves_the_optimizer_state_only_at_the_last_epoch(tmp_path):
+    members = tuple(Member(tiny_model(latent=k), 0) for k in (2, 4))
+    tcfg = tiny_train(epochs=3, keep="params")  # 10 steps per epoch
+    kw = {"models_dir": tmp_path / "m", "runs_dir": tmp_path / "r", "progress": False}
+    prog = jsweep.sweep_program(SweepConfig(members, tcfg))
+    _, done = trained(prog, tcfg, "a", **kw)
+    ckpt = tmp_path / "m" / "a"
+    with Checkpointer(ckpt, create=False) as ck:
+        holds = {s: ck.read_config(s)["holds"] for s in ck.all_steps()}
+    assert holds == {10: "params", 20: "params", 30: "all"}
+    early, last = load(ckpt, step=20), load(ckpt)
+    assert all("opt_state" not in g for g in early.state)
+    assert all("opt_state" in g for g in last.state)
+    for a, b in zip(_leaves(last.state), _leaves(prog.to_saved(done.state)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert early.params(1)["params"]["decoder"]["Dense_0"]["kernel"].shape == (4, 16)
+    # a run killed after a params-only save cannot resume exactly: it is refused
+    import shutil
+
+    shutil.rmtree(ckpt / "30")
+    with pytest.raises(RunError, match="holds the parameters only"):
+        run(prog, tcfg, "a", resume=True, **kw)
+
+
 # SIGTERM (exit 143) stops the funnel cell of tests/test_smoke.py in the middle of an epoch
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130)])
 def test_signal_saves_and_resume_continues_exactly(tmp_path, sig, code):

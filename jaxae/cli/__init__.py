@@ -185,6 +185,7 @@ TRAIN_FLAGS = (
     "dataset", "epochs", "batch_size", "lr", "schedule", "data_seed", "binarize",
     "train_size", "chunk", "eval_examples",
 )  # fmt: skip
+CHECKPOINT_FLAGS = ("max_to_keep", "keep")
 
 
 def add_train_flags(
@@ -226,6 +227,7 @@ def add_train_flags(
     o.add_argument("--runs-dir", default="runs", help="TensorBoard root (runs/<run>)")
     o.add_argument("--resume", action="store_true", help="continue the run from its checkpoint")
     o.add_argument("--overwrite", action="store_true", help="delete an existing run first")
+    add_config_flags(o, config.TrainConfig, CHECKPOINT_FLAGS)
     add_progress_flag(o)
 
 
