@@ -22,6 +22,7 @@ import hashlib
 import json
 import pathlib
 import sys
+import threading
 from typing import Any
 
 import jax
@@ -91,6 +92,12 @@ def leaf_digest(x: Any) -> dict:
     h = hashlib.sha256(f"{dtype}{shape}".encode())
     h.update(a.reshape(-1).view(np.uint8))
     return {"sha256": h.hexdigest(), "dtype": dtype, "shape": list(shape)}
+
+
+def _host_copy(tree: PyTree) -> PyTree:
+    """Numpy copies of every leaf, which no later write to ``tree``'s buffers can reach (the
+    training loop donates its state to the next step)."""
+    return jax.tree.map(np.array, tree)
 
 
 def tree_digests(tree: PyTree) -> dict[str, dict]:
@@ -264,9 +271,9 @@ def _quiet_orbax_read_leaks() -> None:
 class Checkpointer:
     """Saves and restores steps of one run folder: ``state``, ``config``, ``digests``.
 
-    Saves are asynchronous: ``save`` returns once it holds a host copy of the arrays, and
-    a background thread computes the digests and writes the step (one save in flight at a
-    time; the caller may donate or overwrite its arrays meanwhile). ``wait()`` or
+    Saves are asynchronous: ``save`` returns once it holds a host copy of the arrays (or
+    at once, with ``borrow``), and a background thread computes the digests and writes the
+    step (one save in flight at a time). ``wait()`` or
     ``close()`` block until it is on disk and raise its error, if any. Only finalized
     steps are ever listed, so a crash during a save leaves the previous step as the latest.
     """
@@ -315,6 +322,8 @@ class Checkpointer:
             else None
         )
         self._pending: concurrent.futures.Future | None = None
+        self._copied = threading.Event()  # set: no save still reads the caller's arrays
+        self._copied.set()
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -328,7 +337,9 @@ class Checkpointer:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def save(self, step: int, state: PyTree, config: dict, *, wait: bool = False) -> None:
+    def save(
+        self, step: int, state: PyTree, config: dict, *, wait: bool = False, borrow: bool = False
+    ) -> None:
         """Starts saving one step; returns once the arrays are copied to host.
 
         Args:
@@ -336,6 +347,9 @@ class Checkpointer:
           state: pytree of jax/numpy arrays, e.g. ``{"params", "opt_state", "step"}``.
           config: JSON-serializable dict stored next to the arrays.
           wait: block until the step is finalized on disk.
+          borrow: return at once and copy the arrays in the background too; the caller
+            leaves them untouched (no donation, no in-place write) until ``copied()``
+            returns. The training loop evaluates meanwhile.
 
         Raises:
           CheckpointError: config is not JSON, the step is not newer than the latest, or
@@ -357,14 +371,27 @@ class Checkpointer:
                     f"checkpoint {where} was not written: {self.directory} already has "
                     f"step {latest}"
                 )
-            # a copy the caller cannot touch: the training loop donates its state buffers
-            host = jax.tree.map(np.array, state)
-            self._pending = self._writer.submit(self._write, step, host, config, finish=True)
+            if borrow:  # copied on the writer thread, which sets the event
+                self._copied = threading.Event()
+            else:
+                state = _host_copy(state)
+            self._pending = self._writer.submit(self._write, step, state, config, finish=True)
         if wait:
             self.wait()
 
+    def copied(self) -> None:
+        """Blocks until the pending save holds its own copy of the arrays (see ``save``)."""
+        self._copied.wait()
+
     def _write(self, step: int, state: PyTree, config: dict, finish: bool = False) -> None:
-        """Digests the arrays and hands them to orbax; ``finish``: wait until on disk."""
+        """Digests the arrays and hands them to orbax; ``finish``: wait until on disk.
+
+        On the writer thread, the arrays of a borrowed save are copied first."""
+        if not self._copied.is_set():
+            try:
+                state = _host_copy(state)
+            finally:
+                self._copied.set()
         where = self.step_dir(step)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),

@@ -445,8 +445,13 @@ class Saver:
             saved = self.prog.to_saved(state)
             if params_only:
                 saved = tuple({k: v for k, v in g.items() if k != "opt_state"} for g in saved)
-            self.ckpts.save(s, saved, config)
+            self.ckpts.save(s, saved, config, borrow=True)  # see ``ready``
         self.step = s
+
+    def ready(self) -> None:
+        """Blocks until the last save has copied the state: the next step may donate it."""
+        with self.sw("checkpoints"):
+            self.ckpts.copied()
 
 
 class EpochEnd:
@@ -594,6 +599,7 @@ def train(
         # pending saves always finish: a crash or a signal keeps the last good checkpoint
         with ckpts, summaries, bar, _above(bar), _Signals() as signals:
             for first, count in steps.chunks(start):
+                save.ready()
                 with sw("train"):
                     state, metrics, finite = compiled.train(state, first, count)
                 for msg in check_finite(metrics, first, prog.names, dropped, finite):

@@ -118,6 +118,31 @@ def test_save_returns_with_its_own_copy_and_writes_in_the_background(tmp_path, m
     np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
 
 
+def test_a_borrowed_save_copies_on_the_writer_thread_before_copied_returns(
+    tmp_path, monkeypatch
+):
+    from jaxae import checkpoint
+
+    gate, threads = threading.Event(), []
+    copy = checkpoint._host_copy
+
+    def held(tree):
+        threads.append(threading.current_thread())
+        assert gate.wait(30)
+        return copy(tree)
+
+    monkeypatch.setattr(checkpoint, "_host_copy", held)
+    w = np.arange(100_000, dtype=np.float32)
+    with Checkpointer(tmp_path / "run") as ck:
+        ck.save(1, {"w": w}, CONFIG, borrow=True)  # returns before the copy is made
+        threading.Timer(0.3, gate.set).start()
+        ck.copied()
+        w[:] = -1.0
+        restored = ck.restore({"w": jax.ShapeDtypeStruct(w.shape, w.dtype)})
+    assert threads and threads[0] is not threading.main_thread()
+    np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
+
+
 def test_restore_into_concrete_target_and_python_scalar_step(tmp_path):
     state = make_state()
     state["step"] = 7  # a Python int is saved like jax.eval_shape describes it (int32)
