@@ -20,6 +20,7 @@ from jaxae.config import AXES, ModelConfig, SweepConfig
 from jaxae.metrics import evaluate_run, failure_reason, sample_quality
 from jaxae.restore import load
 from jaxae.runner import RunLog, Stopwatch, fit_sweep, load_images
+from jaxae.summary import representatives
 
 # metrics of ``jaxae.metrics.evaluate_run`` kept in the result rows, and those averaged
 SCORES = tuple(f"{k}{d}" for d in ("", "_gmm") for k in ("confidence", "class_entropy", "frechet"))
@@ -112,22 +113,10 @@ LATENT_COLUMNS = (
 )
 
 
-SHEET_PANELS = 48  # the most panels of the samples sheet
-
-
-def sheet_members(members, most: int = SHEET_PANELS) -> list[int]:
-    """The members the samples sheet shows: all of them when they fit in ``most`` panels,
-    else the first seed of each configuration (at most ``most``), so the figure's cost
-    does not grow with the seeds of a large sweep."""
-    if len(members) <= most:
-        return list(range(len(members)))
-    seen, out = set(), []
-    for i, m in enumerate(members):
-        key = tuple(v for k, v in m.axes().items() if k != "seed")
-        if key not in seen:
-            seen.add(key)
-            out.append(i)
-    return out[:most]
+def sheet_members(members) -> list[int]:
+    """The members the samples sheet shows: all of them up to 48 panels, else the first
+    seed of each configuration (``summary.representatives``)."""
+    return representatives([m.axes() for m in members])
 
 
 def format_table(summary: list[dict], columns=LATENT_COLUMNS) -> str:

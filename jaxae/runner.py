@@ -425,14 +425,23 @@ class Saver:
     config says ``"holds": "params"``); ``everything=True`` (a save on a signal) and the
     last step's hold the whole state."""
 
-    def __init__(self, ckpts: Checkpointer, prog: Program, record: dict, sw: Stopwatch, *,
-                 keep: str = "all", last: int = 0):
+    def __init__(
+        self,
+        ckpts: Checkpointer,
+        prog: Program,
+        record: dict,
+        sw: Stopwatch,
+        *,
+        keep: str = "all",
+        last: int = 0,
+    ):
         self.ckpts, self.prog, self.record, self.sw = ckpts, prog, record, sw
         self.keep, self.last = keep, last
         self.step = None  # the last step saved
 
-    def __call__(self, state, s: int, means: EpochMeans, dropped: dict | None,
-                 everything: bool = False) -> None:
+    def __call__(
+        self, state, s: int, means: EpochMeans, dropped: dict | None, everything: bool = False
+    ) -> None:
         params_only = self.keep == "params" and s < self.last and not everything
         config = {
             **self.record,

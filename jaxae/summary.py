@@ -22,6 +22,23 @@ from tensorboardX.summary import hparams as hparams_summary
 
 from jaxae.plots import tile
 
+IMAGE_MEMBERS = 48  # the most members whose image grids are logged (and sheet panels)
+
+
+def representatives(configs: list[dict], most: int = IMAGE_MEMBERS) -> list[int]:
+    """Indices of the members to show: all when there are at most ``most``, else the first
+    of each configuration (its dict without ``"seed"``), at most ``most``, so image work
+    does not grow with the seeds of a large sweep."""
+    if len(configs) <= most:
+        return list(range(len(configs)))
+    seen, out = set(), []
+    for i, c in enumerate(configs):
+        key = tuple(sorted((k, v) for k, v in c.items() if k != "seed"))
+        if key not in seen:
+            seen.add(key)
+            out.append(i)
+    return out[:most]
+
 
 def member_dir(name: str) -> str:
     """A folder name for a member (``kind,latent=8,beta=1,seed=0`` stays readable)."""
@@ -43,6 +60,8 @@ class Summaries:
             Path(log_dir) / member_dir(n) if len(names) > 1 else Path(log_dir) for n in names
         ]
         self.writers, self.jsonl, self._pending = [], [], []
+        # image grids of every member up to 48, then of each configuration's first seed
+        self.shown = representatives(hparams or [{"member": n} for n in names])
         # image grids are tiled and PNG-encoded on a worker thread, off the training path
         self._images = ThreadPoolExecutor(1, thread_name_prefix="jaxae-images")
         if not enabled:
@@ -67,7 +86,8 @@ class Summaries:
 
     def images(self, step: int, images: dict) -> None:
         """images: name -> (M, n, H, W, C) floats in [0, 1] host arrays; logged as one grid
-        per member by a worker thread (``close`` waits for it; its errors surface there)."""
+        per shown member (``representatives``) by a worker thread (``close`` waits for it;
+        its errors surface there)."""
         if not self.writers:
             return
         for f in [f for f in self._pending if f.done()]:
@@ -77,9 +97,10 @@ class Summaries:
 
     def _write_images(self, step: int, images: dict) -> None:
         for name, batch in images.items():
-            for w, member in zip(self.writers, np.asarray(batch), strict=True):
-                grid = np.nan_to_num(tile(member))  # a dropped member may hold NaNs
-                w.add_image(name, grid, step, dataformats="HWC")
+            batch = np.asarray(batch)
+            for i in self.shown:
+                grid = np.nan_to_num(tile(batch[i]))  # a dropped member may hold NaNs
+                self.writers[i].add_image(name, grid, step, dataformats="HWC")
 
     def __enter__(self):
         return self

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -148,43 +147,29 @@ def pad_leaf(a, shape):
 
 @dataclasses.dataclass(frozen=True)
 class InitPlan:
-    """How a group's stacked initial state is computed: ``empty()`` allocates it, then
-    one program per latent size writes its members' rows in place."""
+    """How a group's stacked initial state is computed: ``empty()`` allocates it (zeros:
+    Adam's moments, its count and the step start there), then each latent size's members
+    get their own initial parameters in their rows."""
 
     empty: Callable  # () -> the group's state, zeros
-    parts: list  # (fill(state, seeds) -> state, the seeds (n,)) per latent size
+    parts: list  # (model config, positions (n,) among the rows, seeds (n,)) per latent size
 
 
 def init_plan(members, rows, group_cfg: ModelConfig, tx) -> InitPlan:
     """The ``InitPlan`` of a group's ``rows`` (positions in ``members``).
 
     Each member is initialised at its true latent size from its seed's init key and
-    zero-padded to the group's (Adam's moments start at zero, so padding them is
-    ``tx.init``): bit for bit the state of a standalone model. The members of one latent
-    size are one ``vmap`` over their seeds, written into their rows of the group's
-    state, which each program takes and returns (donated: updated in place). So the
-    programs to compile are one per latent size, whatever the number of members, and the
-    memory is the state's plus one latent size's members.
+    zero-padded to the group's (padding Adam's zero moments is ``tx.init``): bit for bit
+    the state of a standalone model.
     """
     sizes: dict[tuple, list[int]] = {}  # padded fields -> positions among the rows
     for pos, i in enumerate(rows):
         sizes.setdefault(tuple(getattr(members[i].model, f) for f in PADDED), []).append(pos)
     big = jax.eval_shape(lambda: init_state(group_cfg, tx, jax.random.key(0)))
-
-    def fill(cfg, positions):
-        def one(seed):
-            small = init_state(cfg, tx, model_keys(seed)["init"])
-            return jax.tree.map(lambda a, b: pad_leaf(a, b.shape), small, big)
-
-        def write(state, seeds):
-            part = jax.vmap(one)(seeds)
-            return jax.tree.map(lambda s, x: s.at[positions].set(x), state, part)
-
-        return write
-
     parts = [
         (
-            fill(members[rows[pos[0]]].model, np.asarray(pos)),
+            members[rows[pos[0]]].model,
+            np.asarray(pos),
             np.asarray([members[rows[p]].seed for p in pos]),
         )
         for pos in sizes.values()
@@ -196,26 +181,49 @@ def init_plan(members, rows, group_cfg: ModelConfig, tx) -> InitPlan:
     return InitPlan(jax.jit(empty), parts)
 
 
+def _pad_rows_on_host(a, shape):
+    """Rows of ``a`` (n, ...) zero-padded at the end of each axis to ``(n, *shape)``."""
+    a = np.asarray(a)
+    return np.pad(a, [(0, 0)] + [(0, t - n) for n, t in zip(a.shape[1:], shape, strict=True)])
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _write_rows(params, positions, rows):
+    """``params`` with rows ``positions`` replaced by ``rows`` (updated in place)."""
+    return jax.tree.map(lambda p, r: p.at[positions].set(r), params, rows)
+
+
 def initial_states(plans: list[InitPlan]) -> tuple:
     """The groups' initial states, computed on the host CPU (``shard_members`` moves
     them; every platform starts from the same numbers).
 
-    The programs of every group and latent size are compiled in parallel threads (XLA
-    compiles one program on one core, and an initialiser's random draws make it slow to
-    compile), then run.
+    The members of one latent size are initialised by one eager ``vmap`` over their seeds.
+    Eagerly, each initialiser compiles once per array shape, and the hidden layers' shapes
+    are shared by every latent size and kind, where one jitted program per latent size
+    compiled them all again (an initialiser's random draws are slow to compile). The
+    latent sizes run in two threads (XLA compiles a program on one core). Their rows are
+    zero-padded on the host and written into the group's state in place, so the memory
+    is the state's plus a few latent sizes' members.
     """
-    with jax.default_device(host_device()):
+    device = host_device()
+    states = []
+    with jax.default_device(device):
         states = [plan.empty() for plan in plans]
-        lowered = [
-            (jax.jit(f, donate_argnums=0).lower(state, seeds), seeds, g)
-            for g, (plan, state) in enumerate(zip(plans, states, strict=True))
-            for f, seeds in plan.parts
-        ]
-        with ThreadPoolExecutor(max_workers=min(len(lowered), os.cpu_count() or 1)) as pool:
-            compiled = list(pool.map(lambda lw: lw[0].compile(), lowered))
-        for c, (_, seeds, g) in zip(compiled, lowered, strict=True):
-            states[g] = c(states[g], seeds)
-        return tuple(states)
+    shapes = [jax.tree.map(lambda a: a.shape[1:], st["params"]) for st in states]
+
+    def rows(g: int, cfg: ModelConfig, seeds):
+        with jax.default_device(device):  # a thread's own setting
+            keys = jax.vmap(lambda s: model_keys(s)["init"])(jnp.asarray(seeds))
+            params = jax.vmap(lambda k: init_params(cfg, k))(keys)
+            return jax.tree.map(_pad_rows_on_host, params, shapes[g])
+
+    work = [(g, cfg, pos, seeds) for g, p in enumerate(plans) for cfg, pos, seeds in p.parts]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = [pool.submit(rows, g, cfg, seeds) for g, cfg, _, seeds in work]
+        for (g, _, positions, _), part in zip(work, done, strict=True):
+            with jax.default_device(device):
+                states[g]["params"] = _write_rows(states[g]["params"], positions, part.result())
+    return tuple(states)
 
 
 def padded_size(m: int, n: int | None = None) -> int:

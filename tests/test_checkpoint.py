@@ -118,9 +118,7 @@ def test_save_returns_with_its_own_copy_and_writes_in_the_background(tmp_path, m
     np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
 
 
-def test_a_borrowed_save_copies_on_the_writer_thread_before_copied_returns(
-    tmp_path, monkeypatch
-):
+def test_a_borrowed_save_copies_on_the_writer_thread_before_copied_returns(tmp_path, monkeypatch):
     from jaxae import checkpoint
 
     gate, threads = threading.Event(), []

@@ -334,3 +334,21 @@ def test_the_samples_sheet_shows_every_member_or_one_per_configuration():
     assert len(shown) == 6 and {m.seed for m in shown} == {0}
     assert len({(m.model.kind, m.model.latent) for m in shown}) == 6
     assert len(sheet_members(grid(ModelConfig(), {"latent": list(range(1, 61))}, seeds=2))) == 48
+
+
+def test_image_summaries_past_48_members_show_each_configurations_first_seed(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from jaxae.summary import Summaries
+
+    hparams = [{"latent": k, "seed": s} for k in range(25) for s in range(2)]  # 50 members
+    names = [f"latent={h['latent']},seed={h['seed']}" for h in hparams]
+    with Summaries(tmp_path, names, hparams) as summaries:
+        summaries.images(1, {"samples": np.ones((50, 2, 4, 4, 1), np.float32)})
+    with_images = []
+    for n in names:
+        ea = EventAccumulator(str(tmp_path / member_dir(n)), size_guidance={"images": 0})
+        ea.Reload()
+        if "samples" in ea.Tags()["images"]:
+            with_images.append(n)
+    assert with_images == [f"latent={k},seed=0" for k in range(25)]
