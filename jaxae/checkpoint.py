@@ -94,10 +94,16 @@ def leaf_digest(x: Any) -> dict:
     return {"sha256": h.hexdigest(), "dtype": dtype, "shape": list(shape)}
 
 
-def _host_copy(tree: PyTree) -> PyTree:
-    """Numpy copies of every leaf, which no later write to ``tree``'s buffers can reach (the
-    training loop donates its state to the next step)."""
-    return jax.tree.map(np.array, tree)
+def _host_arrays(tree: PyTree) -> PyTree:
+    """Every leaf as a numpy array that the caller's later writes cannot reach: a copy of a
+    numpy leaf; of a jax leaf, a device-to-host copy or, on the CPU, a zero-copy view (a
+    jax array is immutable, and a buffer with a live view is never donated in place)."""
+    return jax.tree.map(lambda x: np.array(x) if isinstance(x, np.ndarray) else np.asarray(x), tree)
+
+
+def _views(tree: PyTree) -> bool:
+    """True when some leaf shares its memory with a jax array (``_host_arrays`` on CPU)."""
+    return any(isinstance(a, np.ndarray) and not a.flags.owndata for a in jax.tree.leaves(tree))
 
 
 def tree_digests(tree: PyTree) -> dict[str, dict]:
@@ -271,8 +277,8 @@ def _quiet_orbax_read_leaks() -> None:
 class Checkpointer:
     """Saves and restores steps of one run folder: ``state``, ``config``, ``digests``.
 
-    Saves are asynchronous: ``save`` returns once it holds a host copy of the arrays (or
-    at once, with ``borrow``), and a background thread computes the digests and writes the
+    Saves are asynchronous: ``save`` returns once it holds host arrays (or at once, with
+    ``borrow``), and a background thread computes the digests and writes the
     step (one save in flight at a time). ``wait()`` or
     ``close()`` block until it is on disk and raise its error, if any. Only finalized
     steps are ever listed, so a crash during a save leaves the previous step as the latest.
@@ -322,8 +328,8 @@ class Checkpointer:
             else None
         )
         self._pending: concurrent.futures.Future | None = None
-        self._copied = threading.Event()  # set: no save still reads the caller's arrays
-        self._copied.set()
+        self._released = threading.Event()  # set: no save still reads the caller's arrays
+        self._released.set()
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -340,16 +346,19 @@ class Checkpointer:
     def save(
         self, step: int, state: PyTree, config: dict, *, wait: bool = False, borrow: bool = False
     ) -> None:
-        """Starts saving one step; returns once the arrays are copied to host.
+        """Starts saving one step; returns once it holds host arrays the caller's later
+        writes cannot reach (see ``_host_arrays``).
 
         Args:
           step: step number; must exceed every step already in the folder.
           state: pytree of jax/numpy arrays, e.g. ``{"params", "opt_state", "step"}``.
           config: JSON-serializable dict stored next to the arrays.
           wait: block until the step is finalized on disk.
-          borrow: return at once and copy the arrays in the background too; the caller
-            leaves them untouched (no donation, no in-place write) until ``copied()``
-            returns. The training loop evaluates meanwhile.
+          borrow: return at once and take the host arrays in the background too; the
+            caller leaves its arrays untouched (no donation, no in-place write) until
+            ``released()`` returns: after the host copy, or on the CPU, where the host
+            arrays are views, after the write (a buffer donated meanwhile would need a
+            second copy). The training loop evaluates meanwhile.
 
         Raises:
           CheckpointError: config is not JSON, the step is not newer than the latest, or
@@ -371,27 +380,37 @@ class Checkpointer:
                     f"checkpoint {where} was not written: {self.directory} already has "
                     f"step {latest}"
                 )
-            if borrow:  # copied on the writer thread, which sets the event
-                self._copied = threading.Event()
+            if borrow:  # the writer thread takes the host arrays and sets the event
+                self._released = threading.Event()
             else:
-                state = _host_copy(state)
+                state = _host_arrays(state)
             self._pending = self._writer.submit(self._write, step, state, config, finish=True)
         if wait:
             self.wait()
 
-    def copied(self) -> None:
-        """Blocks until the pending save holds its own copy of the arrays (see ``save``)."""
-        self._copied.wait()
+    def released(self) -> None:
+        """Blocks until the pending save no longer needs the caller's arrays (``save``)."""
+        self._released.wait()
 
     def _write(self, step: int, state: PyTree, config: dict, finish: bool = False) -> None:
         """Digests the arrays and hands them to orbax; ``finish``: wait until on disk.
 
-        On the writer thread, the arrays of a borrowed save are copied first."""
-        if not self._copied.is_set():
-            try:
-                state = _host_copy(state)
-            finally:
-                self._copied.set()
+        On the writer thread, a borrowed save first takes its host arrays."""
+        if self._released.is_set():
+            self._write_arrays(step, state, config, finish)
+            return
+        host = None
+        try:
+            host = _host_arrays(state)
+            if not _views(host):
+                self._released.set()
+            self._write_arrays(step, host, config, finish)
+        finally:
+            del host  # the views go before the caller may donate the buffers
+            self._released.set()
+
+    def _write_arrays(self, step: int, state: PyTree, config: dict, finish: bool) -> None:
+        """Digests the host arrays and hands them to orbax."""
         where = self.step_dir(step)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),

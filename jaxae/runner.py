@@ -458,9 +458,10 @@ class Saver:
         self.step = s
 
     def ready(self) -> None:
-        """Blocks until the last save has copied the state: the next step may donate it."""
+        """Blocks until the last save no longer reads the state: the next step may donate
+        it (``Checkpointer.save(borrow=True)``)."""
         with self.sw("checkpoints"):
-            self.ckpts.copied()
+            self.ckpts.released()
 
 
 class EpochEnd:

@@ -118,23 +118,45 @@ def test_save_returns_with_its_own_copy_and_writes_in_the_background(tmp_path, m
     np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
 
 
-def test_a_borrowed_save_copies_on_the_writer_thread_before_copied_returns(tmp_path, monkeypatch):
+def test_a_jax_array_donated_after_save_is_saved_as_it_was(tmp_path, monkeypatch):
+    # On the CPU the host arrays are views of the jax buffers: a donation must not write
+    # into a buffer that a pending save still reads (the digests are held back meanwhile).
+    from jaxae import checkpoint
+
+    gate = threading.Event()
+    digests = checkpoint.tree_digests
+    monkeypatch.setattr(checkpoint, "tree_digests", lambda t: (gate.wait(30), digests(t))[1])
+    x = jnp.arange(100_000, dtype=jnp.float32)
+    with Checkpointer(tmp_path / "run") as ck:
+        ck.save(1, {"w": x}, CONFIG)
+        y = jax.jit(lambda a: a * 0 - 1, donate_argnums=0)(x)
+        gate.set()
+        ck.wait()
+        monkeypatch.setattr(checkpoint, "tree_digests", digests)
+        restored = ck.restore({"w": jax.ShapeDtypeStruct(x.shape, x.dtype)})
+    assert float(y[0]) == -1.0
+    np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
+
+
+def test_a_borrowed_save_takes_its_arrays_on_the_writer_thread_before_released(
+    tmp_path, monkeypatch
+):
     from jaxae import checkpoint
 
     gate, threads = threading.Event(), []
-    copy = checkpoint._host_copy
+    copy = checkpoint._host_arrays
 
     def held(tree):
         threads.append(threading.current_thread())
         assert gate.wait(30)
         return copy(tree)
 
-    monkeypatch.setattr(checkpoint, "_host_copy", held)
+    monkeypatch.setattr(checkpoint, "_host_arrays", held)
     w = np.arange(100_000, dtype=np.float32)
     with Checkpointer(tmp_path / "run") as ck:
         ck.save(1, {"w": w}, CONFIG, borrow=True)  # returns before the copy is made
         threading.Timer(0.3, gate.set).start()
-        ck.copied()
+        ck.released()
         w[:] = -1.0
         restored = ck.restore({"w": jax.ShapeDtypeStruct(w.shape, w.dtype)})
     assert threads and threads[0] is not threading.main_thread()

@@ -34,8 +34,8 @@ def test_sweep_resume_is_bitwise_exact(tmp_path, monkeypatch):
     # a slow host copy: the next train step must wait for it before donating the state
     from jaxae import checkpoint
 
-    copy = checkpoint._host_copy
-    monkeypatch.setattr(checkpoint, "_host_copy", lambda t: (time.sleep(0.3), copy(t))[1])
+    copy = checkpoint._host_arrays
+    monkeypatch.setattr(checkpoint, "_host_arrays", lambda t: (time.sleep(0.3), copy(t))[1])
     members = tuple(Member(tiny_model(latent=k), 0) for k in (2, 4))
     kw = {"models_dir": tmp_path / "m", "runs_dir": tmp_path / "r", "progress": False}
     whole = jsweep.sweep_program(SweepConfig(members, tiny_train(epochs=2)))
