@@ -460,8 +460,9 @@ class Saver:
     def ready(self) -> None:
         """Blocks until the last save no longer reads the state: the next step may donate
         it (``Checkpointer.save(borrow=True)``)."""
-        with self.sw("checkpoints"):
-            self.ckpts.released()
+        if self.step is not None:
+            with self.sw("checkpoints"):
+                self.ckpts.released()
 
 
 class EpochEnd:

@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -29,9 +31,17 @@ def data_dir():
     return d
 
 
-# commands run by the tests keep no compilation cache in the home folder (a test that
-# wants one passes --compile-cache)
-os.environ.setdefault("JAXAE_COMPILE_CACHE", "off")
+# commands run by the tests share one compilation cache, fresh for each test session (the
+# controller makes it; xdist workers and subprocesses inherit it), never the home folder's
+_SESSION_CACHE = None
+if "JAXAE_COMPILE_CACHE" not in os.environ:
+    _SESSION_CACHE = os.environ["JAXAE_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="jaxae-xla-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SESSION_CACHE and "PYTEST_XDIST_WORKER" not in os.environ:  # the process that made it
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
 
 if _data_dir() is not None:  # for module-scoped fixtures and subprocesses too
     os.environ["JAXAE_DATA_DIR"] = str(_data_dir())

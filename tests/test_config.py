@@ -152,7 +152,9 @@ def test_hparams_are_the_marked_fields():
 
 
 def test_the_resumable_fields_are_marked_once():
-    assert config.RESUMABLE == {"epochs", "chunk", "eval_batch", "eval_examples", "max_to_keep"}
+    assert config.RESUMABLE == {
+        "epochs", "chunk", "eval_batch", "eval_examples", "max_to_keep", "keep"
+    }  # fmt: skip
 
 
 def _saved(model=None, **train):

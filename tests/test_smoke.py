@@ -57,14 +57,13 @@ import pytest
 from helpers import ROOT, run_cli, run_plan
 
 SMALL = ["--hidden", "16", "--epochs", "1", "--train-size", "256", "--batch-size", "64"]
-SMALL += ["--compile-cache", "off", "--no-progress"]
+SMALL += ["--no-progress"]
 MODES = ("prior", "recon", "interpolate", "manifold", "traverse", "scatter")
 TIMEOUT = 400
 
 
 def env_for(devices: int | None = None) -> dict:
     env = {"PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
-    env["JAXAE_COMPILE_CACHE"] = "off"
     if devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return env
