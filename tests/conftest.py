@@ -5,8 +5,18 @@ import pathlib
 import shutil
 import tempfile
 
-import jax
-import pytest
+# Every process of the test session (pytest's workers, the commands and scripts the tests
+# run) shares one persistent compilation cache, fresh for each session and never the home
+# folder's: the same small programs (the initialisers above all) compile once. Set before
+# JAX is imported; the controller makes it, xdist workers and subprocesses inherit it.
+_SESSION_CACHE = None
+if "JAXAE_COMPILE_CACHE" not in os.environ:
+    _SESSION_CACHE = os.environ["JAXAE_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="jaxae-xla-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["JAXAE_COMPILE_CACHE"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -31,11 +41,14 @@ def data_dir():
     return d
 
 
-# commands run by the tests share one compilation cache, fresh for each test session (the
-# controller makes it; xdist workers and subprocesses inherit it), never the home folder's
-_SESSION_CACHE = None
-if "JAXAE_COMPILE_CACHE" not in os.environ:
-    _SESSION_CACHE = os.environ["JAXAE_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="jaxae-xla-")
+# the longest files first: with ``--dist loadfile`` a long file collected last would leave
+# one worker running it alone at the end (a stable sort: the rest keep their order)
+LONGEST_FIRST = ("test_smoke_devices.py", "test_smoke.py", "test_sweep.py", "test_hosts.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
 
 
 def pytest_sessionfinish(session, exitstatus):

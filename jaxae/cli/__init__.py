@@ -314,9 +314,11 @@ def use_compile_cache(where: str) -> None:
     """JAX's persistent compilation cache in folder ``where`` ("off": none), bounded by
     ``compile_cache_max_bytes``: a command run again with the same shapes loads its
     compiled programs instead of compiling them."""
-    if where in ("", "off"):
-        return
     import jax
+
+    if where in ("", "off"):  # JAX's own $JAX_COMPILATION_CACHE_DIR too
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
 
     bound = compile_cache_max_bytes()
     if bound != -1:
