@@ -209,7 +209,7 @@ def sample_quality(run: Loaded, clf, *, n: int = 10000, seed: int = 0, progress=
     if clf.dataset != run.train.dataset:
         raise ValueError(f"a {clf.dataset} classifier cannot score {run.train.dataset} samples")
     # numpy's BLAS one thread per caller: its threads would otherwise spin against XLA's
-    # on the same cores (the scores took 52 s instead of 33 s for 36 members on 2 cores)
+    # on the same cores
     with one_blas_thread():
         return _sample_quality(run, clf, n, seed, progress)
 
