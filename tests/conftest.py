@@ -14,6 +14,9 @@ if "JAXAE_COMPILE_CACHE" not in os.environ:
     _SESSION_CACHE = os.environ["JAXAE_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="jaxae-xla-")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["JAXAE_COMPILE_CACHE"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# unbounded: processes that evict least-recently-used entries at once race on the same
+# files (JAX warns on stderr); the folder goes at the session's end
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", "-1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
