@@ -91,28 +91,33 @@ def test_round_trip_from_abstract_target(tmp_path):
     assert isinstance(restored["opt_state"][0], optax.ScaleByAdamState)
 
 
-def test_save_returns_with_its_own_copy_and_writes_in_the_background(tmp_path, monkeypatch):
-    # The training loop donates its state to the next step right after ``save`` returns:
-    # the arrays must already be copied, and the digests and writes happen on another
-    # thread. The digests are held back until the caller has overwritten its array.
+def _held(monkeypatch, name: str, gate: threading.Event) -> list:
+    """Makes ``jaxae.checkpoint.<name>`` wait for ``gate`` (then run as before); returns
+    the threads it ran on."""
     from jaxae import checkpoint
 
-    gate, threads = threading.Event(), []
-    digests = checkpoint.tree_digests
+    real, threads = getattr(checkpoint, name), []
 
     def held(tree):
         threads.append(threading.current_thread())
         assert gate.wait(30)
-        return digests(tree)
+        return real(tree)
 
-    monkeypatch.setattr(checkpoint, "tree_digests", held)
+    monkeypatch.setattr(checkpoint, name, held)
+    return threads
+
+
+def test_save_returns_with_its_own_copy_and_writes_in_the_background(tmp_path, monkeypatch):
+    # The training loop donates its state to the next step right after ``save`` returns:
+    # the arrays must already be copied, and the digests and writes happen on another
+    # thread. The digests are held back until the caller has overwritten its array.
+    gate = threading.Event()
+    threads = _held(monkeypatch, "tree_digests", gate)
     w = np.arange(100_000, dtype=np.float32)
     with Checkpointer(tmp_path / "run") as ck:
         ck.save(1, {"w": w}, CONFIG)
         w[:] = -1.0  # what the next train step does to a donated buffer
         gate.set()
-        ck.wait()
-        monkeypatch.setattr(checkpoint, "tree_digests", digests)
         restored = ck.restore({"w": jax.ShapeDtypeStruct(w.shape, w.dtype)})
     assert threads and threads[0] is not threading.main_thread()
     np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
@@ -121,18 +126,13 @@ def test_save_returns_with_its_own_copy_and_writes_in_the_background(tmp_path, m
 def test_a_jax_array_donated_after_save_is_saved_as_it_was(tmp_path, monkeypatch):
     # On the CPU the host arrays are views of the jax buffers: a donation must not write
     # into a buffer that a pending save still reads (the digests are held back meanwhile).
-    from jaxae import checkpoint
-
     gate = threading.Event()
-    digests = checkpoint.tree_digests
-    monkeypatch.setattr(checkpoint, "tree_digests", lambda t: (gate.wait(30), digests(t))[1])
+    _held(monkeypatch, "tree_digests", gate)
     x = jnp.arange(100_000, dtype=jnp.float32)
     with Checkpointer(tmp_path / "run") as ck:
         ck.save(1, {"w": x}, CONFIG)
         y = jax.jit(lambda a: a * 0 - 1, donate_argnums=0)(x)
         gate.set()
-        ck.wait()
-        monkeypatch.setattr(checkpoint, "tree_digests", digests)
         restored = ck.restore({"w": jax.ShapeDtypeStruct(x.shape, x.dtype)})
     assert float(y[0]) == -1.0
     np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
@@ -141,17 +141,8 @@ def test_a_jax_array_donated_after_save_is_saved_as_it_was(tmp_path, monkeypatch
 def test_a_borrowed_save_takes_its_arrays_on_the_writer_thread_before_released(
     tmp_path, monkeypatch
 ):
-    from jaxae import checkpoint
-
-    gate, threads = threading.Event(), []
-    copy = checkpoint._host_arrays
-
-    def held(tree):
-        threads.append(threading.current_thread())
-        assert gate.wait(30)
-        return copy(tree)
-
-    monkeypatch.setattr(checkpoint, "_host_arrays", held)
+    gate = threading.Event()
+    threads = _held(monkeypatch, "_host_arrays", gate)
     w = np.arange(100_000, dtype=np.float32)
     with Checkpointer(tmp_path / "run") as ck:
         ck.save(1, {"w": w}, CONFIG, borrow=True)  # returns before the copy is made
