@@ -138,13 +138,6 @@ def _hyper_value(cfg: ModelConfig, name: str, tcfg: TrainConfig | None):
     return v
 
 
-def pad_leaf(a, shape):
-    """Zero-pad ``a`` at the end of each axis to ``shape`` (traceable)."""
-    if a.shape == tuple(shape):
-        return a
-    return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape, strict=True)])
-
-
 @dataclasses.dataclass(frozen=True)
 class InitPlan:
     """How a group's stacked initial state is computed: ``empty()`` allocates it (zeros:
@@ -206,7 +199,6 @@ def initial_states(plans: list[InitPlan]) -> tuple:
     is the state's plus a few latent sizes' members.
     """
     device = host_device()
-    states = []
     with jax.default_device(device):
         states = [plan.empty() for plan in plans]
     shapes = [jax.tree.map(lambda a: a.shape[1:], st["params"]) for st in states]
