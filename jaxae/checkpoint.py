@@ -278,9 +278,9 @@ class Checkpointer:
     """Saves and restores steps of one run folder: ``state``, ``config``, ``digests``.
 
     Saves are asynchronous: ``save`` returns once it holds host arrays (or at once, with
-    ``borrow``), and a background thread computes the digests and writes the
-    step (one save in flight at a time). ``wait()`` or
-    ``close()`` block until it is on disk and raise its error, if any. Only finalized
+    ``borrow``), and a background thread computes the digests and writes the step (one
+    save in flight at a time). ``wait()`` or ``close()`` block until it is on disk and
+    raise its error, if any. Only finalized
     steps are ever listed, so a crash during a save leaves the previous step as the latest.
     """
 
@@ -376,10 +376,7 @@ class Checkpointer:
             self._join()  # the previous save's error, if any, is raised here
             latest = max(self.all_steps(), default=None)
             if latest is not None and int(step) <= latest:
-                raise CheckpointError(
-                    f"checkpoint {where} was not written: {self.directory} already has "
-                    f"step {latest}"
-                )
+                raise self._not_newer(step, latest)
             if borrow:  # the writer thread takes the host arrays and sets the event
                 self._released = threading.Event()
             else:
@@ -387,6 +384,12 @@ class Checkpointer:
             self._pending = self._writer.submit(self._write, step, state, config, finish=True)
         if wait:
             self.wait()
+
+    def _not_newer(self, step: int, latest: int | None) -> CheckpointError:
+        return CheckpointError(
+            f"checkpoint {self.step_dir(step)} was not written: {self.directory} already "
+            f"has step {latest}"
+        )
 
     def released(self) -> None:
         """Blocks until the pending save no longer needs the caller's arrays (``save``)."""
@@ -422,10 +425,7 @@ class Checkpointer:
         except Exception as e:
             raise CheckpointError(f"checkpoint {where} could not be written: {_why(e)}") from e
         if not saved:
-            latest = self._mgr.latest_step()
-            raise CheckpointError(
-                f"checkpoint {where} was not written: {self.directory} already has step {latest}"
-            )
+            raise self._not_newer(step, self._mgr.latest_step())
         if finish:
             self._finish()
 
