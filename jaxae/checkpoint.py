@@ -37,6 +37,43 @@ PyTree = Any
 _SCALARS = (bool, int, float, complex, np.generic)
 
 
+class _StateHandler(ocp.StandardCheckpointHandler):
+    """orbax's standard handler, with two copies of the state fewer while it writes:
+
+    - numpy leaves are written as they are, not deep-copied first: ``Checkpointer`` hands
+      orbax host arrays that nothing writes to until the step is finalized (copies, or
+      views of immutable jax buffers);
+    - the arrays are stored uncompressed: TensorStore's compressed writes held about 0.7
+      times the state in memory until the save ended (612 MB of random floats: +430 MiB
+      peak resident memory compressed, +0 uncompressed, in 2.4 s either way), where
+      compression saved a few percent of the bytes (zero padding aside).
+
+    Compressed checkpoints written before still restore (each array records its codec).
+    """
+
+    def __init__(self):
+        super().__init__()
+        keep = (int, float, bytes, np.number, jax.Array, str)
+        registry = ocp.type_handlers.create_type_handler_registry(
+            (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+            *[(t, ocp.type_handlers.get_type_handler(t)) for t in keep],
+        )
+        self._impl = ocp.PyTreeCheckpointHandler(
+            type_handler_registry=registry, use_compression=False
+        )
+
+
+# the arguments that select ``_StateHandler`` (orbax picks an item's handler by its args)
+@ocp.args.register_with_handler(_StateHandler, for_save=True)
+class _StateSave(ocp.args.StandardSave):
+    pass
+
+
+@ocp.args.register_with_handler(_StateHandler, for_restore=True)
+class _StateRestore(ocp.args.StandardRestore):
+    pass
+
+
 class CheckpointError(Exception):
     """A checkpoint is missing, unreadable, corrupt or was written for another model."""
 
@@ -99,6 +136,11 @@ def _host_arrays(tree: PyTree) -> PyTree:
     numpy leaf; of a jax leaf, a device-to-host copy or, on the CPU, a zero-copy view (a
     jax array is immutable, and a buffer with a live view is never donated in place)."""
     return jax.tree.map(lambda x: np.array(x) if isinstance(x, np.ndarray) else np.asarray(x), tree)
+
+
+def _numpy_copies(tree: PyTree) -> PyTree:
+    """``tree`` with a copy of every numpy leaf (jax leaves are immutable)."""
+    return jax.tree.map(lambda x: np.array(x) if isinstance(x, np.ndarray) else x, tree)
 
 
 def _views(tree: PyTree) -> bool:
@@ -315,7 +357,7 @@ class Checkpointer:
             )
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create, **multi)
         handlers = {
-            "state": ocp.StandardCheckpointHandler(),
+            "state": _StateHandler(),
             "config": ocp.JsonCheckpointHandler(),
             "digests": ocp.JsonCheckpointHandler(),
         }
@@ -370,8 +412,8 @@ class Checkpointer:
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {where}: config is not JSON ({_why(e)})") from e
         state = _as_arrays(state)
-        if self._writer is None:
-            self._write(step, state, config)
+        if self._writer is None:  # orbax writes numpy leaves as they are: copies of them
+            self._write(step, _numpy_copies(state), config)
         else:
             self._join()  # the previous save's error, if any, is raised here
             latest = max(self.all_steps(), default=None)
@@ -416,7 +458,7 @@ class Checkpointer:
         """Digests the host arrays and hands them to orbax."""
         where = self.step_dir(step)
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            state=_StateSave(state),
             config=ocp.args.JsonSave(config),
             digests=ocp.args.JsonSave(tree_digests(state)),
         )
@@ -540,7 +582,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint {where} was written for a different model: {problem}"
             )
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        args = ocp.args.Composite(state=_StateRestore(target))
         try:
             state = self._mgr.restore(step, args=args)["state"]
         except Exception as e:

@@ -203,6 +203,10 @@ def run_sweep(
     """
     sw = kwargs.setdefault("stopwatch", Stopwatch())
     result, prog = fit_sweep(sweep, name, **kwargs)
+    with sw("figures"):  # the samples sheet's images, from the trained state
+        test = hosts.replicate(load_images(sweep.train.dataset, "test")[:32])
+        imgs = prog.gather(hosts.to_host(jax.jit(prog.images)(prog.state, prog.hyper, test)))
+    del prog  # the trained state goes before the checkpoint is read back
     out = Path(result["checkpoint"])
     log = log or RunLog(out / "train.log")
     with sw("final eval"):
@@ -210,7 +214,7 @@ def run_sweep(
             f"final evaluation of {len(sweep.members)} members"
             + (f" (IW bound, k={eval_k})" if eval_k else "")
         )
-        run = load(out)
+        run = load(out, params_only=True)
         evals = evaluate_run(run, k=eval_k, progress=kwargs.get("progress"), test=result["test"])
     clf = None  # the classifier that scores the samples, on the primary process
     if quality_samples and hosts.is_primary():
@@ -232,11 +236,8 @@ def run_sweep(
         for k, v in r.get("failed", {}).items()
     ]
     with sw("figures"):
-        if hosts.is_primary():
-            log("figures")
-        test = hosts.replicate(load_images(sweep.train.dataset, "test")[:32])
-        imgs = prog.gather(hosts.to_host(jax.jit(prog.images)(prog.state, prog.hyper, test)))
         if hosts.is_primary():  # process 0 writes for every process
+            log("figures")
             shown = sheet_members(sweep.members)
             draw = {
                 "latent_sweep.png": lambda p: plots.latent_curves(summary, p),

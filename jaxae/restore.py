@@ -152,12 +152,15 @@ class Loaded:
         return out
 
 
-def load(path, step: int | None = None) -> Loaded:
+def load(path, step: int | None = None, *, params_only: bool = False) -> Loaded:
     """Restore the run at ``path`` (``models/<run>`` or one step folder in it).
 
     Args:
         path: a run folder or one of its step folders.
         step: a step to load instead of the latest (or the step folder's).
+        params_only: keep the parameters only, all that evaluation and sampling read: the
+            optimizer state (two thirds of an Adam state) is restored, checked against
+            its digests and let go.
     Returns:
         a ``Loaded`` run: ``.members``, ``.params(i)`` at member i's own latent size,
         ``.encode``/``.decode``/``.reconstruct``, ``.config`` and ``.test_metrics()``.
@@ -178,6 +181,8 @@ def load(path, step: int | None = None) -> Loaded:
         except (KeyError, TypeError, ConfigError) as e:
             raise CheckpointError(f"{run_dir} holds an unreadable jaxae config: {e}") from e
         state = restore_state(mgr, config, step)  # any saved device layout
+    if params_only:
+        state = tuple({"params": group["params"]} for group in state)
     if jax.process_count() > 1:  # a restored run is used locally by each process
         state = hosts.to_host(state)
     return Loaded(sweep, config, state, int(step), str(run_dir))

@@ -11,6 +11,7 @@ groups advance inside the same scanned step on the same batches.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -210,11 +211,21 @@ def initial_states(plans: list[InitPlan]) -> tuple:
             return jax.tree.map(_pad_rows_on_host, params, shapes[g])
 
     work = [(g, cfg, pos, seeds) for g, p in enumerate(plans) for cfg, pos, seeds in p.parts]
+
+    def write(g: int, positions, part) -> None:
+        with jax.default_device(device):
+            states[g]["params"] = _write_rows(states[g]["params"], positions, part.result())
+
+    # at most three latent sizes' rows in flight: a finished future holds its rows until
+    # it is dropped, so the memory stays the state's plus a few latent sizes' members
+    pending: collections.deque = collections.deque()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        done = [pool.submit(rows, g, cfg, seeds) for g, cfg, _, seeds in work]
-        for (g, _, positions, _), part in zip(work, done, strict=True):
-            with jax.default_device(device):
-                states[g]["params"] = _write_rows(states[g]["params"], positions, part.result())
+        for g, cfg, positions, seeds in work:
+            pending.append((g, positions, pool.submit(rows, g, cfg, seeds)))
+            if len(pending) > 2:
+                write(*pending.popleft())
+        while pending:
+            write(*pending.popleft())
     return tuple(states)
 
 

@@ -154,6 +154,27 @@ def test_a_borrowed_save_takes_its_arrays_on_the_writer_thread_before_released(
     np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
 
 
+def test_a_save_of_jax_arrays_makes_no_host_copy_of_them(tmp_path):
+    # The writer reads views of the jax buffers on the CPU; neither it nor orbax copies
+    # them (orbax deep-copies numpy arrays before a background write unless told not to).
+    # numpy's allocations are traced by tracemalloc, in every thread; XLA's are not.
+    import tracemalloc
+
+    state = {f"w{i}": jnp.full((1_000_000,), float(i)) for i in range(16)}  # 64 MB
+    size = sum(a.nbytes for a in state.values())
+    jax.block_until_ready(state)
+    with Checkpointer(tmp_path / "run") as ck:
+        tracemalloc.start()
+        try:
+            ck.save(1, state, CONFIG, wait=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        restored = ck.restore(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
+    assert peak < size / 4, f"a save allocated {peak / 1e6:.0f} MB of numpy for {size / 1e6:.0f} MB"
+    assert_bitwise_equal(restored, state)
+
+
 def test_restore_into_concrete_target_and_python_scalar_step(tmp_path):
     state = make_state()
     state["step"] = 7  # a Python int is saved like jax.eval_shape describes it (int32)

@@ -93,6 +93,33 @@ def test_initial_state_is_each_members_own_padded_and_in_order():
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
 
 
+def test_initialisation_holds_a_few_latent_sizes_rows_at_a_time(monkeypatch):
+    # Each latent size's rows are padded on the host (numpy) and written into the state;
+    # rows still held once written would grow the memory with the member count. The
+    # numpy arrays alive at each write are counted with tracemalloc (numpy's domain).
+    import tracemalloc
+
+    members = [Member(tiny_model(latent=k), 0) for k in range(1, 9)]  # eight parts of one row
+    prog = jsweep.sweep_program(SweepConfig(tuple(members), tiny_train()))
+    numpy_only = [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
+    alive, write = [], jsweep._write_rows
+
+    def counted(*args):
+        traces = tracemalloc.take_snapshot().filter_traces(numpy_only).traces
+        alive.append(sum(t.size for t in traces))
+        return write(*args)
+
+    monkeypatch.setattr(jsweep, "_write_rows", counted)
+    tracemalloc.start()
+    try:
+        (group,) = prog.init()
+    finally:
+        tracemalloc.stop()
+    params = sum(a.nbytes for a in jax.tree.leaves(group["params"]))
+    assert len(alive) == 8
+    assert max(alive) < params / 2, f"{max(alive)} bytes of rows alive for {params} of params"
+
+
 def test_padded_weights_stay_zero(trained_sweep):
     sweep, prog, _ = trained_sweep
     vaes = prog.state[0]["params"]["params"]
@@ -236,10 +263,10 @@ PHASES = (
     "summaries",
     "checkpoints",
     "epoch eval",
+    "figures",  # the samples sheet's images come from the trained state, then it goes
     "final eval",
     "classifier",
     "sample quality",
-    "figures",
 )
 
 
