@@ -24,6 +24,26 @@ def test_shapes_and_finite(kind):
     assert all(bool(jnp.isfinite(v).all()) for v in out.values())
 
 
+@pytest.mark.parametrize(
+    "shape", [(784, 64), (64, 7), (64, 4096), (256, 2), (3, 3, 1, 32), (3, 3, 32, 64), (5, 3)]
+)
+def test_kernel_init_is_flax_lecun_normal_bit_for_bit(shape):
+    # the draws are cut from one of a power-of-two length: the same numbers as flax's,
+    # alone and vmapped over members' keys (as the sweep initialises them)
+    import flax.linen as nn
+
+    from jaxae.models import kernel_init
+
+    flax_init = nn.initializers.lecun_normal()
+    keys = jax.vmap(jax.random.key)(jnp.arange(3))
+    ours = jax.vmap(lambda k: kernel_init(k, shape))(keys)
+    theirs = jax.vmap(lambda k: flax_init(k, shape))(keys)
+    assert ours.shape == (3, *shape) and ours.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    key = jax.random.fold_in(jax.random.key(7), 1)
+    np.testing.assert_array_equal(np.asarray(kernel_init(key, shape)), flax_init(key, shape))
+
+
 def test_encode_decode_alone():
     params = init_params(CFG, jax.random.key(0))
     mean, logvar = Model(CFG).apply(params, jnp.zeros((2, 784)), method=Model.encode)
