@@ -598,13 +598,24 @@ def members(seeds=(3, 12, 48), hidden=(64,), extra=()) -> dict:
     return {str(12 * s): members_run(s, hidden, extra) for s in seeds}
 
 
+# the bytes of the data a members run holds: its training digits and the test set, uint8
+MEMBERS_DATA_BYTES = (2560 + 10000) * 784
+
+
+def memory_target_mb(checkpoint_bytes: float) -> float:
+    """The peak resident memory a members run should stay under, in MiB: 1 GB + 1.5 x
+    (stacked state + data); the state is its one checkpoint's bytes (stored uncompressed)."""
+    return (1e9 + 1.5 * (checkpoint_bytes + MEMBERS_DATA_BYTES)) / 2**20
+
+
 def members_table(rows: dict) -> str:
     """The members section as a markdown table (seconds, MiB, MB)."""
-    head = ["members", *MEMBER_PHASES, "wall", "peak RSS", "checkpoint on disk"]
+    head = ["members", *MEMBER_PHASES, "wall", "peak RSS", "target", "checkpoint on disk"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, r in rows.items():
         cells = [m, *(f"{r['phases'].get(p, 0.0):.1f} s" for p in MEMBER_PHASES)]
         cells += [f"{r['wall_s']:.1f} s", f"{r['peak_rss_mb']:.0f} MiB"]
+        cells.append(f"{memory_target_mb(r['checkpoint_bytes']):.0f} MiB")
         cells.append(f"{r['checkpoint_bytes'] / 1e6:.0f} MB")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

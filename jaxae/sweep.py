@@ -206,8 +206,7 @@ def initial_states(plans: list[InitPlan]) -> tuple:
 
     def rows(g: int, cfg: ModelConfig, seeds):
         with jax.default_device(device):  # a thread's own setting
-            keys = jax.vmap(lambda s: model_keys(s)["init"])(jnp.asarray(seeds))
-            params = jax.vmap(lambda k: init_params(cfg, k))(keys)
+            params = jax.vmap(lambda k: init_params(cfg, k))(seed_keys(seeds)["init"])
             return jax.tree.map(_pad_rows_on_host, params, shapes[g])
 
     work = [(g, cfg, pos, seeds) for g, p in enumerate(plans) for cfg, pos, seeds in p.parts]
@@ -293,14 +292,25 @@ def per_device(f, sharded: tuple[bool, ...]):
     )
 
 
+_vmapped_keys = jax.jit(jax.vmap(model_keys))
+
+
+def seed_keys(seeds) -> dict:
+    """``model_keys`` of every seed, stacked (on the host CPU): one compiled call over the
+    distinct seeds, which every group and latent size of a sweep share."""
+    distinct, where = np.unique(np.asarray(seeds), return_inverse=True)
+    with jax.default_device(host_device()):
+        return jax.tree.map(lambda k: k[where], _vmapped_keys(distinct))
+
+
 def group_hyper(members, rows, latent: int, tcfg: TrainConfig | None) -> dict:
     """The per-member arrays of ``members[i]`` for i in ``rows``, stacked, for a group
     padded to ``latent`` dims: each member's hyperparameters (``HYPER``), its latent mask
-    and its train, eval and sample keys (``model_keys`` of its seed, one vmapped call)."""
+    and its train, eval and sample keys (``model_keys`` of its seed: ``seed_keys``)."""
     ms = [members[i] for i in rows]
     sizes = np.asarray([m.model.latent for m in ms])
+    keys = seed_keys([m.seed for m in ms])
     with jax.default_device(host_device()):
-        keys = jax.jit(jax.vmap(model_keys))(np.asarray([m.seed for m in ms]))
         return {
             **{
                 name: jnp.asarray([_hyper_value(m.model, name, tcfg) for m in ms], jnp.float32)
