@@ -61,6 +61,10 @@ def test_keep_params_saves_the_optimizer_state_only_at_the_last_epoch(tmp_path):
     early, last = load(ckpt, step=20), load(ckpt)
     assert all("opt_state" not in g for g in early.state)
     assert all("opt_state" in g for g in last.state)
+    slim = load(ckpt, params_only=True)  # what evaluation and sampling hold
+    assert all(set(g) == {"params"} for g in slim.state)
+    for a, b in zip(_leaves(slim.state), _leaves([g["params"] for g in last.state]), strict=True):
+        np.testing.assert_array_equal(a, b)
     for a, b in zip(_leaves(last.state), _leaves(prog.to_saved(done.state)), strict=True):
         np.testing.assert_array_equal(a, b)
     assert early.params(1)["params"]["decoder"]["Dense_0"]["kernel"].shape == (4, 16)

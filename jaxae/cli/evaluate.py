@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         from jaxae.metrics import evaluate_run, resolve_classifier
         from jaxae.restore import load
 
-        run = load(args.ckpt, args.step)
+        run = load(args.ckpt, args.step, params_only=True)
         t = time.perf_counter()
         clf = None
         if args.quality_samples:

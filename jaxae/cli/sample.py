@@ -55,7 +55,7 @@ def _main(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.is_dir():
         return fail(f"output folder {out.parent} does not exist")
-    run = load(args.ckpt, args.step)
+    run = load(args.ckpt, args.step, params_only=True)
     picked = range(len(run.members))
     if args.member is not None or len(run.members) == 1:
         picked = [run.member_index(args.member)]
