@@ -30,7 +30,6 @@ import jax.numpy as jnp
 from jaxae import config
 from jaxae.config import ModelConfig
 
-
 # Flax's default kernel initialiser (LeCun normal: a truncated normal scaled by the fan-in)
 # computed from fewer compiled programs. Run eagerly, as ``init_params`` runs it vmapped
 # over members, a truncated-normal draw compiles once per shape (about 0.4 s each on a

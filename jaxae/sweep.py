@@ -176,7 +176,10 @@ def init_plan(members, rows, group_cfg: ModelConfig, tx) -> InitPlan:
 
 
 def _pad_rows_on_host(a, shape):
-    """Rows of ``a`` (n, ...) zero-padded at the end of each axis to ``(n, *shape)``."""
+    """Rows of ``a`` (n, ...) zero-padded at the end of each axis to ``(n, *shape)`` on the
+    host; ``a`` itself where nothing is padded (the hidden layers: no copy)."""
+    if tuple(a.shape[1:]) == tuple(shape):
+        return a
     a = np.asarray(a)
     return np.pad(a, [(0, 0)] + [(0, t - n) for n, t in zip(a.shape[1:], shape, strict=True)])
 
