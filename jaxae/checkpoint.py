@@ -43,10 +43,10 @@ class _StateHandler(ocp.StandardCheckpointHandler):
     - numpy leaves are written as they are, not deep-copied first: ``Checkpointer`` hands
       orbax host arrays that nothing writes to until the step is finalized (copies, or
       views of immutable jax buffers);
-    - the arrays are stored uncompressed: TensorStore's compressed writes held about 0.7
-      times the state in memory until the save ended (612 MB of random floats: +430 MiB
-      peak resident memory compressed, +0 uncompressed, in 2.4 s either way), where
-      compression saved a few percent of the bytes (zero padding aside).
+    - the arrays are stored uncompressed: TensorStore's compressed writes held most of
+      another copy of the state in memory until the save ended, in the same time, where
+      compression saved a few percent of the bytes, zero padding aside (measured in
+      benchmarks/README.md, "A thousand members").
 
     Compressed checkpoints written before still restore (each array records its codec).
     """

@@ -32,11 +32,11 @@ from jaxae.config import ModelConfig
 
 # Flax's default kernel initialiser (LeCun normal: a truncated normal scaled by the fan-in)
 # computed from fewer compiled programs. Run eagerly, as ``init_params`` runs it vmapped
-# over members, a truncated-normal draw compiles once per shape (about 0.4 s each on a
-# 2-core CPU, most of a sweep's cold start). With JAX's counter-based threefry bits
-# (``jax_threefry_partitionable``, the default) the draws of a shape are the first ones
-# of any longer draw from the same key, so every shape is cut from one draw per power of
-# two; the numbers are flax's, bit for bit (``tests/test_models.py``).
+# over members, a truncated-normal draw compiles once per shape (most of a sweep's cold
+# start on a CPU: benchmarks/README.md, "A thousand members"). With JAX's counter-based
+# threefry bits (``jax_threefry_partitionable``, the default) the draws of a shape are
+# the first ones of any longer draw from the same key, so every shape is cut from one
+# draw per power of two; the numbers are flax's, bit for bit (``tests/test_models.py``).
 LECUN_NORMAL = nn.initializers.lecun_normal()
 SMALLEST_DRAW = 4096
 
@@ -58,9 +58,10 @@ def kernel_init(key, shape, dtype=jnp.float32):
     """``nn.initializers.lecun_normal()``'s numbers, cut from a draw of a power-of-two
     length (flax's own where threefry's bits are not counter-based)."""
     shape = tuple(shape)
-    if not jax.config.jax_threefry_partitionable or len(shape) < 2:
-        return LECUN_NORMAL(key, shape, dtype)
-    if str(jax.random.key_impl(key)) != "threefry2x32":
+    counter_based = (
+        jax.config.jax_threefry_partitionable and str(jax.random.key_impl(key)) == "threefry2x32"
+    )
+    if not counter_based or len(shape) < 2:
         return LECUN_NORMAL(key, shape, dtype)
     size = max(SMALLEST_DRAW, 1 << (math.prod(shape) - 1).bit_length())
     return _lecun_scaled(_draws(key, size, dtype), shape, dtype)

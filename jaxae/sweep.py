@@ -199,8 +199,9 @@ def initial_states(plans: list[InitPlan]) -> tuple:
     are shared by every latent size and kind, where one jitted program per latent size
     compiled them all again (an initialiser's random draws are slow to compile). The
     latent sizes run in two threads (XLA compiles a program on one core). Their rows are
-    zero-padded on the host and written into the group's state in place, so the memory
-    is the state's plus a few latent sizes' members.
+    zero-padded on the host where the group is wider (the latent layers) and written into
+    the group's state in place, so the memory is the state's plus a few latent sizes'
+    members.
     """
     device = host_device()
     with jax.default_device(device):

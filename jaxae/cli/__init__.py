@@ -392,10 +392,8 @@ def return_freed_memory() -> None:
     By default glibc raises that threshold each time such a block is freed, and larger
     blocks then come from its heaps, which keep them once freed: the initialisers' random
     draws, the evaluation's batches and the checkpoint's buffers stayed resident and added
-    up. The main job's 36 members at the real widths for one epoch of 2,560 digits
-    (``python -m experiments.latent_sweep --train-size 2560 --epochs 1 --quality-samples
-    0``) peaked at 2059 MiB resident without it and 1643 MiB with it. The commands set it
-    once at start; a program that imports jaxae keeps its own allocator settings.
+    up (measured in benchmarks/README.md, "A thousand members"). The commands set it once
+    at start; a program that imports jaxae keeps its own allocator settings.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
